@@ -1,0 +1,155 @@
+"""Typed configs for the adapter and its training, loaded from JSON files in ``configs/``.
+
+Adapter configs live in ``configs/adapter/<name>.json`` and map onto :class:`AdapterConfig`;
+``configs/clip/*.json`` are extra open_clip model configs (the tiny random CLIP of the demo and
+the tests) registered with open_clip by :mod:`mmadapter.backbone`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmadapter.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+ADAPTER_CONFIG_DIR = CONFIG_DIR / "adapter"
+CLIP_CONFIG_DIR = CONFIG_DIR / "clip"
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Shape of the Multi-Modal Adapter (DESIGN.md section 1)."""
+
+    embed_dim: int = 512  # C: width of CLIP's projected embeddings
+    reduction: int = 4  # bottleneck width is C / reduction
+    num_heads: int = 4
+    blend: float = 0.2  # lambda: weight of the adapter output in the residual blend
+
+    def __post_init__(self) -> None:
+        if self.embed_dim <= 0 or self.reduction <= 0 or self.num_heads <= 0:
+            raise ConfigError(f"adapter config has a non-positive size: {self}")
+        if self.embed_dim % self.reduction:
+            raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by reduction {self.reduction}")
+        if self.bottleneck_dim % self.num_heads:
+            raise ConfigError(
+                f"bottleneck width {self.bottleneck_dim} is not divisible by num_heads {self.num_heads}"
+            )
+        if not 0.0 <= self.blend <= 1.0:
+            raise ConfigError(f"blend must lie in [0, 1], got {self.blend}")
+
+    @property
+    def bottleneck_dim(self) -> int:
+        return self.embed_dim // self.reduction
+
+    @property
+    def head_dim(self) -> int:
+        return self.bottleneck_dim // self.num_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdapterConfig:
+        return _from_dict(cls, data, "adapter config")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Few-shot training settings; defaults are the paper's (DESIGN.md section 1)."""
+
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+    batch_size: int = 256
+    max_epochs: int = 200
+    patience: int = 5  # epochs without a better validation accuracy before stopping
+    shots: int = 16
+    seed: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _from_dict(cls, data, "training config")
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Which frozen CLIP an adapter belongs to.
+
+    ``pretrained`` is an open_clip pretrained tag (``openai``) or ``None``; ``weights_path`` a local
+    weights file (then ``weights_sha256`` pins its content). Neither means random weights.
+    """
+
+    model_name: str
+    pretrained: str | None = None
+    weights_path: str | None = None
+    weights_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClipSpec:
+        return _from_dict(cls, data, "CLIP spec")
+
+    def describe(self) -> str:
+        if self.weights_path:
+            return f"{self.model_name} (weights {self.weights_path})"
+        return f"{self.model_name} ({self.pretrained or 'random weights'})"
+
+
+def _from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be a JSON object, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{what} has unknown keys {unknown}; known keys are {sorted(names)}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ConfigError(f"{what} is invalid: {exc}") from None
+
+
+def list_adapter_configs() -> list[str]:
+    return sorted(p.stem for p in ADAPTER_CONFIG_DIR.glob("*.json"))
+
+
+def get_adapter_config(name_or_path: str) -> AdapterConfig:
+    """Load an adapter config by registry name (``mma-vit-b``) or from a JSON file path."""
+    path = Path(name_or_path)
+    if not path.suffix == ".json":
+        path = ADAPTER_CONFIG_DIR / f"{name_or_path}.json"
+        if not path.is_file():
+            raise ConfigError(
+                f"unknown adapter config {name_or_path!r}; known: {', '.join(list_adapter_configs())}"
+            )
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read adapter config {path}: {exc}") from None
+    return AdapterConfig.from_dict(data)
+
+
+def adapter_config_for_width(embed_dim: int) -> AdapterConfig:
+    """The registered adapter config whose width matches a CLIP embedding width."""
+    for name in list_adapter_configs():
+        cfg = get_adapter_config(name)
+        if cfg.embed_dim == embed_dim:
+            return cfg
+    return AdapterConfig(embed_dim=embed_dim)
+
+
+__all__ = [
+    "AdapterConfig",
+    "ClipSpec",
+    "TrainConfig",
+    "adapter_config_for_width",
+    "get_adapter_config",
+    "list_adapter_configs",
+]
