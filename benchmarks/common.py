@@ -1,0 +1,184 @@
+"""Shared helpers for the benchmark scripts: timing, peak memory, environment stamp, CSV and plots.
+
+Every result row carries the machine, versions and commit, so a CSV means something on its own.
+Timing follows the usual rules: warm-up first, device synchronisation, medians with p20/p80.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import os
+import platform
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def _version(module: str) -> str:
+    try:
+        mod = __import__(module)
+    except Exception:  # noqa: BLE001 - absence (or a broken install) is a fact to record
+        return "absent"
+    return getattr(mod, "__version__", "unknown")
+
+
+def environment() -> dict[str, str]:
+    """Machine, versions and commit, recorded in every CSV row."""
+    import torch
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+        commit += "-dirty" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {
+        "machine": platform.node() or "unknown",
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": str(torch.get_num_threads()),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "onnxruntime": _version("onnxruntime"),
+        "commit": commit,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def time_cpu(fn: Callable[[], Any], warmup: int = 2, repeats: int = 10, min_time_s: float = 0.0) -> dict[str, float]:
+    """Wall-clock milliseconds of ``fn`` on the CPU: median, p20, p80 over ``repeats`` runs."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start_all = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start_all) < min_time_s:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+        if len(times) >= 10 * repeats:
+            break
+    return summarize(times)
+
+
+def time_cuda(fn: Callable[[], Any], warmup: int = 5, repeats: int = 50) -> dict[str, float]:
+    """Milliseconds of ``fn`` on the GPU measured with CUDA events, after warm-up."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return summarize(times)
+
+
+def summarize(times_ms: list[float]) -> dict[str, float]:
+    qs = statistics.quantiles(times_ms, n=5) if len(times_ms) > 1 else [times_ms[0]] * 4
+    return {"median_ms": statistics.median(times_ms), "p20_ms": qs[0], "p80_ms": qs[3]}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_cpu_memory(fn: Callable[[], Any], interval_s: float = 0.0005) -> int:
+    """Peak resident memory *added* while ``fn`` runs, in bytes, sampled by a watcher thread.
+
+    torch's CPU allocator returns large blocks to the OS, so resident-set growth over the run
+    start is a fair measure of the working memory of one call (it misses spikes shorter than the
+    sampling interval, which matters only for tiny calls)."""
+    gc.collect()
+    base = _rss_bytes()
+    peak = base
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_bytes())
+            time.sleep(interval_s)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        watcher.join()
+    peak = max(peak, _rss_bytes())
+    return max(peak - base, 0)
+
+
+def peak_cuda_memory(fn: Callable[[], Any]) -> int:
+    """Peak CUDA memory allocated by ``fn`` beyond what was allocated before, in bytes."""
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def write_csv(rows: Iterable[dict[str, Any]], path: Path) -> Path:
+    """Write rows (each stamped with :func:`environment`) to ``path`` atomically."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("no benchmark rows to write")
+    env = environment()
+    rows = [{**r, **env} for r in rows]
+    fields: list[str] = []
+    for r in rows:
+        fields.extend(k for k in r if k not in fields)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """A plain fixed-width table on stdout."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
