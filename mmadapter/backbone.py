@@ -126,11 +126,14 @@ def load_clip(spec: ClipSpec, device: str | torch.device = "cpu") -> FrozenClip:
         if spec.weights_sha256 and sha256_file(path) != spec.weights_sha256:
             raise ConfigError(f"CLIP weights file {path} does not match the sha256 recorded for it")
         pretrained = str(path)
+    from safetensors import SafetensorError
+
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             spec.model_name, pretrained=pretrained, device=device
         )
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+    except (RuntimeError, KeyError, ValueError, OSError, EOFError, SafetensorError) as exc:
+        # A corrupt or mismatched weights file surfaces as any of these from torch/safetensors.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot load CLIP {spec.describe()}: {first}") from None
     model.eval().requires_grad_(False)
