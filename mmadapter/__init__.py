@@ -1,11 +1,37 @@
 """mmadapter: the Multi-Modal Adapter for CLIP (Seputis et al., arXiv 2409.02958), from few-shot
 training to fused kernels and exported engines."""
 
-from mmadapter.adapter import AdapterOutput, ClassBank, MultiModalAdapter
-from mmadapter.config import AdapterConfig, ClipSpec, TrainConfig, get_adapter_config
+from __future__ import annotations
+
+from typing import Any
+
 from mmadapter.errors import CheckpointError, ConfigError, DataError, ExportError, MMAdapterError
 
 __version__ = "0.1.0"
+
+# Torch-backed names are imported on first use (PEP 562), so that ``mmadapter.export.runtime``
+# and ``mmadapter.errors`` import on a serving machine that has no torch.
+_LAZY = {
+    "AdapterOutput": "mmadapter.adapter",
+    "ClassBank": "mmadapter.adapter",
+    "MultiModalAdapter": "mmadapter.adapter",
+    "AdapterConfig": "mmadapter.config",
+    "ClipSpec": "mmadapter.config",
+    "TrainConfig": "mmadapter.config",
+    "get_adapter_config": "mmadapter.config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mmadapter' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AdapterConfig",

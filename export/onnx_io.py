@@ -1,0 +1,142 @@
+"""Turning a :class:`GraphSpec` into ONNX files: dynamo export, fp16 conversion with fp32 islands,
+ONNX Runtime's transformer fusions, and reading a graph's I/O back for checks and the manifest.
+
+Files per graph (``<name>`` from the spec):
+- ``<name>.onnx``: standard ONNX ops only (portable: TensorRT's parser, Triton, other runtimes);
+- ``<name>.ort.onnx``: the same graph after ONNX Runtime's transformer fusions (contrib ops such
+  as BiasGelu), the file :mod:`mmadapter.export.runtime` serves;
+- with fp16, ``<name>.fp16.onnx`` and ``<name>.fp16.ort.onnx`` likewise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from mmadapter.export.specs import EXPORT_BATCH, GraphSpec
+
+from mmadapter.errors import ExportError
+
+DEFAULT_OPSET = 18
+SUPPORTED_OPSETS = range(17, 24)  # LayerNormalization needs 17; the dynamo exporter was checked up to 23
+
+# Ops kept in fp32 in fp16 graphs (LESSONS: fp16 drift): normalisations, softmax accumulation and the
+# final L2 normalisations; the casts around them are inserted by the converter.
+FP32_OPS = [
+    "LayerNormalization",
+    "SkipLayerNormalization",
+    "Softmax",
+    "ReduceL2",
+    "ReduceSum",
+    "ReduceMean",
+    "Div",
+    "Sqrt",
+    "Reciprocal",
+    "Pow",
+    "Clip",
+]
+
+_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT64: "int64",
+                onnx.TensorProto.INT32: "int32"}
+
+
+def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> Path:
+    """Export ``spec.module`` with torch's dynamo exporter and named dynamic axes, at batch
+    :data:`EXPORT_BATCH` (validation checks other sizes)."""
+    if opset not in SUPPORTED_OPSETS:
+        lo, hi = SUPPORTED_OPSETS.start, SUPPORTED_OPSETS.stop - 1
+        raise ExportError(f"opset {opset} is not supported; choose {lo}-{hi}")
+    sizes = {axis: EXPORT_BATCH for axis in spec.axis_names()}
+    sizes["num_classes"] = 7  # any size that no other axis has, so shapes are not tied by accident
+    args = spec.sample_inputs(sizes)
+    # The exporter prints progress lines and deprecation chatter; the export steps have their own bar.
+    with torch.no_grad(), _quiet():
+        try:
+            program = torch.onnx.export(
+                spec.module,
+                args,
+                dynamo=True,
+                dynamic_shapes=spec.dynamic_shapes(),
+                input_names=[t.name for t in spec.inputs],
+                output_names=[t.name for t in spec.outputs],
+                opset_version=opset,
+                verbose=False,
+            )
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many types; all are one export failure
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"ONNX export of {spec.name} failed: {first}") from None
+    if program is None:
+        raise ExportError(f"ONNX export of {spec.name} returned no program")
+    program.save(str(path))
+    return path
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporter's progress prints and the warnings of onnxscript and the fusion tools
+    (failed symbolic shape inference on dynamo graphs, skipped constant folding: both harmless)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def to_fp16(src: Path, dst: Path) -> Path:
+    """fp16 weights and compute with the :data:`FP32_OPS` islands, fp32 inputs and outputs."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    with _quiet():
+        half = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP32_OPS)
+    onnx.save(half, str(dst))
+    return dst
+
+
+def optimize_for_ort(src: Path, dst: Path) -> dict[str, int]:
+    """ONNX Runtime's transformer fusions (offline, provider-independent: opt_level 0 runs only the
+    Python fusion passes, so the file carries no CPU-specific layout). Returns fusion counts."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with _quiet():
+        # model_type "vit" enables LayerNorm/Gelu/BiasGelu fusions; attention is not matched in
+        # dynamo graphs (seen here), so num_heads/hidden_size stay 0 (auto).
+        opt = optimize_model(str(src), model_type="vit", num_heads=0, hidden_size=0, opt_level=0)
+        opt.save_model_to_file(str(dst))
+    return {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
+
+
+def describe_io(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Names, dtypes and shapes (ints or axis names) of a graph's inputs and outputs."""
+    model = onnx.load(str(path), load_external_data=False)
+
+    def one(v: onnx.ValueInfoProto) -> dict[str, Any]:
+        t = v.type.tensor_type
+        shape = [d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim]
+        return {"name": v.name, "dtype": _ONNX_DTYPES.get(t.elem_type, str(t.elem_type)), "shape": shape}
+
+    return {"inputs": [one(v) for v in model.graph.input], "outputs": [one(v) for v in model.graph.output]}
+
+
+def op_types(path: Path) -> set[tuple[str, str]]:
+    """(domain, op_type) of every node, functions included."""
+    model = onnx.load(str(path), load_external_data=False)
+    ops = {(n.domain or "ai.onnx", n.op_type) for n in model.graph.node}
+    for fn in model.functions:
+        ops |= {(n.domain or "ai.onnx", n.op_type) for n in fn.node}
+    return ops
+
+
+def opset_of(path: Path) -> int:
+    model = onnx.load(str(path), load_external_data=False)
+    return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))

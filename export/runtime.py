@@ -1,0 +1,184 @@
+"""Serving an export folder with ONNX Runtime, without torch or open_clip.
+
+- Execution providers are tried in the order TensorRT, CUDA, CPU (or as asked); the providers a
+  session really got are reported, with a warning when a GPU provider was asked for and dropped
+  (onnxruntime-gpu silently falls back to CPU when CUDA fails to load).
+- On CUDA, outputs are bound to device memory with IO binding and copied once per batch.
+- Inputs with a batch axis are split into batches of ``batch_size``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mmadapter.export.manifest import read_manifest, verified_file
+from mmadapter.export.preprocess import Preprocessing, load_image, preprocess_batch
+
+from mmadapter.errors import DataError, ExportError
+
+PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+_SHORT = {"tensorrt": PROVIDER_ORDER[0], "trt": PROVIDER_ORDER[0], "cuda": PROVIDER_ORDER[1], "cpu": PROVIDER_ORDER[2]}
+_GPU = set(PROVIDER_ORDER[:2])
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportError("onnxruntime is not installed: pip install 'mmadapter[runtime]'") from None
+    return onnxruntime
+
+
+def resolve_providers(requested: Sequence[str] | None = None) -> list[str]:
+    """Full provider names, available ones only, in preference order. ``None``: all of
+    TensorRT, CUDA, CPU that this onnxruntime build has. CPU is always appended as a last resort."""
+    available = set(_ort().get_available_providers())
+    if requested is None:
+        wanted = list(PROVIDER_ORDER)
+    else:
+        wanted = []
+        for name in requested:
+            full = _SHORT.get(name.lower(), name)
+            if full not in PROVIDER_ORDER and full not in available:
+                raise ExportError(f"unknown execution provider {name!r}; choose from tensorrt, cuda, cpu")
+            wanted.append(full)
+    chosen = [p for p in wanted if p in available]
+    missing = [p for p in wanted if p not in available and p in _GPU]
+    if requested is not None and missing:
+        warnings.warn(f"onnxruntime here has no {', '.join(missing)}; using {chosen or ['CPUExecutionProvider']}",
+                      RuntimeWarning, stacklevel=2)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def session_options(intra_op_threads: int | None = None) -> Any:
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # One request at a time per session: sequential execution, all threads on the operators.
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if intra_op_threads:
+        opts.intra_op_num_threads = intra_op_threads
+    opts.log_severity_level = 3  # warnings about unused initializers etc. are not the user's concern
+    return opts
+
+
+class Session:
+    """An ONNX Runtime session over one graph file, with batching and provider reporting."""
+
+    def __init__(self, path: Path, providers: Sequence[str] | None = None, intra_op_threads: int | None = None,
+                 batch_axis_inputs: Sequence[str] | None = None):
+        ort = _ort()
+        self.path = Path(path)
+        self.requested = resolve_providers(providers)
+        try:
+            self.sess = ort.InferenceSession(str(self.path), session_options(intra_op_threads),
+                                             providers=self.requested)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types; all mean "cannot load"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"ONNX Runtime cannot load {self.path.name}: {first}") from None
+        self.providers: list[str] = list(self.sess.get_providers())
+        dropped = [p for p in self.requested if p in _GPU and p not in self.providers]
+        if dropped:
+            warnings.warn(f"{self.path.name}: asked for {', '.join(dropped)} but ONNX Runtime fell back to "
+                          f"{self.providers} (check the CUDA/cuDNN/TensorRT libraries)", RuntimeWarning, stacklevel=2)
+        self.input_names = [i.name for i in self.sess.get_inputs()]
+        self.output_names = [o.name for o in self.sess.get_outputs()]
+        # Inputs whose first axis is the request batch (the class bank of adapter_head is not).
+        self.batch_inputs = list(batch_axis_inputs) if batch_axis_inputs is not None else self.input_names
+        self.on_gpu = self.providers[0] in _GPU
+
+    def _run_once(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if not self.on_gpu:
+            return self.sess.run(self.output_names, feeds)
+        # IO binding: inputs copied to the device once, outputs left there until the final copy.
+        binding = self.sess.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self.output_names:
+            binding.bind_output(name, "cuda")
+        self.sess.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def run(self, feeds: dict[str, np.ndarray], batch_size: int = 64) -> dict[str, np.ndarray]:
+        """Outputs by name; inputs with a batch axis are processed ``batch_size`` rows at a time."""
+        missing = set(self.input_names) - set(feeds)
+        if missing:
+            raise ExportError(f"{self.path.name}: missing inputs {sorted(missing)}")
+        total = next(feeds[n].shape[0] for n in self.batch_inputs) if self.batch_inputs else 1
+        if total == 0:
+            raise DataError("nothing to run: the batch is empty")
+        chunks: list[list[np.ndarray]] = []
+        for start in range(0, total, max(1, batch_size)):
+            part = {n: (v[start:start + batch_size] if n in self.batch_inputs else v) for n, v in feeds.items()}
+            chunks.append(self._run_once(part))
+        return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(self.output_names)}
+
+
+class ExportedModel:
+    """An export folder: manifest, label set, preprocessing, and sessions over its graphs."""
+
+    def __init__(self, folder: str | Path, providers: Sequence[str] | None = None, precision: str = "fp32",
+                 intra_op_threads: int | None = None):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        self.providers = providers
+        self.precision = precision
+        self.intra_op_threads = intra_op_threads
+        self.class_names: list[str] = list(self.manifest["label_set"]["class_names"])
+        self.preprocessing = Preprocessing.from_dict(self.manifest["preprocessing"])
+        self._sessions: dict[str, Session] = {}
+
+    def graph_file(self, graph: str, provider: str | None = None) -> Path:
+        entry = self.manifest["graphs"].get(graph)
+        if entry is None:
+            raise ExportError(f"{self.folder} has no graph {graph!r}; it has {sorted(self.manifest['graphs'])}")
+        files = entry["files"].get(self.precision)
+        if files is None:
+            raise ExportError(f"{self.folder} has no {self.precision} {graph} (export with --fp16 for fp16 graphs)")
+        # TensorRT's parser takes standard ONNX ops only; other providers get the fused graph.
+        kind = "portable" if provider == PROVIDER_ORDER[0] else "ort"
+        return verified_file(self.folder, self.manifest, files[kind])
+
+    def session(self, graph: str) -> Session:
+        if graph not in self._sessions:
+            first = resolve_providers(self.providers)[0]
+            batch_inputs = self.manifest["graphs"].get(graph, {}).get("batch_inputs")
+            self._sessions[graph] = Session(self.graph_file(graph, first), self.providers, self.intra_op_threads,
+                                            batch_inputs)
+        return self._sessions[graph]
+
+    def classify_pixels(self, pixels: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
+        return self.session("image_classifier").run({"pixels": pixels.astype(np.float32)}, batch_size)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def classify_images(
+    onnx_dir: Path, image_paths: list[Path], top_k: int = 5, *, providers: Sequence[str] | None = None,
+    batch_size: int = 32,
+) -> list[tuple[Path, list[tuple[str, float]]]]:
+    """Top-k (class name, probability) per image, probabilities from the softmax of the logits
+    over the exported label set. Any unreadable image is one DataError naming it."""
+    if top_k < 1:
+        raise DataError(f"top_k must be at least 1, got {top_k}")
+    model = ExportedModel(onnx_dir, providers)
+    results: list[tuple[Path, list[tuple[str, float]]]] = []
+    k = min(top_k, len(model.class_names))
+    for start in range(0, len(image_paths), batch_size):
+        paths = [Path(p) for p in image_paths[start:start + batch_size]]
+        pixels = preprocess_batch([load_image(p) for p in paths], model.preprocessing)
+        probs = softmax(model.classify_pixels(pixels, batch_size)["logits"].astype(np.float64))
+        for path, row in zip(paths, probs):
+            top = np.argsort(-row, kind="stable")[:k]
+            results.append((path, [(model.class_names[i], float(row[i])) for i in top]))
+    return results

@@ -1,0 +1,56 @@
+"""An NVIDIA Triton Inference Server model repository for an export folder.
+
+Layout (what the server expects): ``REPO/<model>/config.pbtxt`` and ``REPO/<model>/1/model.onnx``
+(platform ``onnxruntime_onnx``) or ``REPO/<model>/1/model.plan`` (platform ``tensorrt_plan``).
+Models with a request batch axis get ``max_batch_size`` and dynamic batching, and their dims are
+written without the batch axis; the adapter head takes a class bank without a batch axis, so it is
+served with ``max_batch_size: 0`` and full dims.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
+
+
+def _tensor_block(t: dict[str, Any], drop_batch: bool) -> str:
+    dims = t["shape"][1:] if drop_batch else t["shape"]
+    dims_txt = ", ".join(str(d) if isinstance(d, int) else "-1" for d in dims)
+    return f'  {{\n    name: "{t["name"]}"\n    data_type: {TRITON_DTYPES[t["dtype"]]}\n    dims: [ {dims_txt} ]\n  }}'
+
+
+def config_pbtxt(name: str, platform: str, io: dict[str, Any], batchable: bool, max_batch_size: int,
+                 gpu: bool = False) -> str:
+    lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch_size if batchable else 0}"]
+    lines.append("input [\n" + ",\n".join(_tensor_block(t, batchable) for t in io["inputs"]) + "\n]")
+    lines.append("output [\n" + ",\n".join(_tensor_block(t, batchable) for t in io["outputs"]) + "\n]")
+    if batchable:
+        # Requests are merged up to the profile's preferred size, waiting at most 0.5 ms for company.
+        lines.append("dynamic_batching {\n  max_queue_delay_microseconds: 500\n}")
+    lines.append(f"instance_group [\n  {{\n    count: 1\n    kind: {'KIND_GPU' if gpu else 'KIND_AUTO'}\n  }}\n]")
+    return "\n".join(lines) + "\n"
+
+
+def write_model_repository(export_dir: Path, repo: Path, manifest: dict[str, Any], max_batch_size: int = 64,
+                           precision: str = "fp32") -> list[Path]:
+    """Write one ONNX model per graph, and one TensorRT model per engine in the manifest."""
+    written = []
+    for graph, entry in manifest["graphs"].items():
+        files = entry["files"].get(precision) or entry["files"]["fp32"]
+        # The portable graph: Triton's ORT backend applies its own fusions, and a portable file
+        # does not depend on the contrib ops of the ONNX Runtime version that Triton bundles.
+        models = [(graph, "onnxruntime_onnx", files["portable"], "model.onnx", False)]
+        engine = manifest.get("tensorrt", {}).get("engines", {}).get(graph)
+        if engine:
+            models.append((f"{graph}_trt", "tensorrt_plan", engine["file"], "model.plan", True))
+        for name, platform, src, dst_name, gpu in models:
+            version = repo / name / "1"
+            version.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(export_dir / src, version / dst_name)
+            cfg = repo / name / "config.pbtxt"
+            cfg.write_text(config_pbtxt(name, platform, entry["io"], entry["batchable"], max_batch_size, gpu))
+            written.append(cfg)
+    return written

@@ -1,0 +1,226 @@
+"""Declarative description of every exported graph (in the spirit of optimum's ``OnnxConfig``).
+
+A :class:`GraphSpec` names a graph's inputs and outputs, their dtypes and symbolic axes, the torch
+module to trace and a sample-input factory. Everything downstream (export, fp16 conversion,
+validation, the manifest, TensorRT profiles, the Triton configs) reads these specs instead of
+repeating names and shapes.
+
+The wrappers below trace :mod:`mmadapter.functional` (plain torch ops, the exact fast path): there
+is no (N+1)^2 attention in any graph, only single-query attention over N cached keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmadapter import functional
+from mmadapter.adapter import ClassBank, MultiModalAdapter
+
+# Symbolic axis names, shared with the manifest, TensorRT profiles and Triton configs.
+BATCH = "batch"
+TEXT_BATCH = "text_batch"
+NUM_CLASSES = "num_classes"
+MAX_DIM = 1 << 16  # upper bound for torch.export's dynamic dims; real limits come from TensorRT profiles
+EXPORT_BATCH = 2  # traced batch size; validation runs at other sizes (LESSONS: "dynamic batch that isn't")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, numpy dtype name, shape with ints or axis names."""
+
+    name: str
+    dtype: str  # "float32", "int64"
+    shape: tuple[int | str, ...]
+
+    @property
+    def batch_axis(self) -> str | None:
+        return self.shape[0] if self.shape and isinstance(self.shape[0], str) else None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass
+class GraphSpec:
+    """What to export for one graph and how to call it."""
+
+    name: str  # file stem: image_classifier -> image_classifier.onnx
+    module: nn.Module
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    sample_inputs: Callable[[dict[str, int]], tuple[torch.Tensor, ...]]  # axis sizes -> inputs
+    description: str = ""
+    # Whether the leading axis is a per-request batch that Triton may batch dynamically.
+    batchable: bool = True
+    metadata: dict[str, object] = field(default_factory=dict)
+
+    def dynamic_shapes(self) -> tuple[dict[int, torch.export.Dim], ...]:
+        """torch.export dims, one Dim object per axis name so that equal names are tied."""
+        dims: dict[str, torch.export.Dim] = {}
+        out = []
+        for t in self.inputs:
+            axes = {}
+            for i, size in enumerate(t.shape):
+                if isinstance(size, str):
+                    dims.setdefault(size, torch.export.Dim(size, min=1, max=MAX_DIM))
+                    axes[i] = dims[size]
+            out.append(axes)
+        return tuple(out)
+
+    def axis_names(self) -> set[str]:
+        return {s for t in (*self.inputs, *self.outputs) for s in t.shape if isinstance(s, str)}
+
+
+class ImageClassifier(nn.Module):
+    """Pixels -> (logits over the folded label set, adapted image embedding), fast path."""
+
+    def __init__(self, clip_model: nn.Module, adapter: MultiModalAdapter, bank: ClassBank, logit_scale: float):
+        super().__init__()
+        self.visual = clip_model.visual
+        self.adapter = adapter
+        self.cfg = adapter.config
+        self.logit_scale = float(logit_scale)
+        # Buffers become graph constants: the label set is baked in, computed once here.
+        self.register_buffer("text_emb", bank.text_emb.detach().float().clone())
+        self.register_buffer("keys", bank.keys.detach().float().clone())
+        self.register_buffer("values", bank.values.detach().float().clone())
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image_emb = F.normalize(self.visual(pixels), dim=-1)
+        logits, v_adapted, _ = functional.adapter_head(
+            image_emb, self.text_emb, self.keys, self.values, self.adapter.params(),
+            self.cfg.num_heads, self.cfg.blend, self.logit_scale,
+        )
+        return logits, v_adapted
+
+
+class TextEncoder(nn.Module):
+    """Token ids -> unit-norm text embeddings (for building new label sets)."""
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__()
+        self.model = clip_model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_text(input_ids), dim=-1)
+
+
+class ClassBankBuilder(nn.Module):
+    """Class embeddings [N, C] -> the class bank (unit-norm text, keys, values), so that a new
+    label set can be prepared for ``adapter_head`` without torch."""
+
+    def __init__(self, adapter: MultiModalAdapter):
+        super().__init__()
+        self.adapter = adapter
+
+    def forward(self, class_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        keys, values = functional.class_keys_values(class_emb, self.adapter.params())
+        return F.normalize(class_emb, dim=-1), keys, values
+
+
+class AdapterHead(nn.Module):
+    """Image embeddings + a class bank of any size -> (logits, adapted image embedding)."""
+
+    def __init__(self, adapter: MultiModalAdapter, logit_scale: float):
+        super().__init__()
+        self.adapter = adapter
+        self.cfg = adapter.config
+        self.logit_scale = float(logit_scale)
+
+    def forward(
+        self, image_emb: torch.Tensor, text_emb: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, v_adapted, _ = functional.adapter_head(
+            image_emb, text_emb, keys, values, self.adapter.params(), self.cfg.num_heads, self.cfg.blend,
+            self.logit_scale,
+        )
+        return logits, v_adapted
+
+
+def build_specs(
+    clip_model: nn.Module,
+    adapter: MultiModalAdapter,
+    bank: ClassBank,
+    logit_scale: float,
+    image_size: tuple[int, int],
+    context_length: int,
+) -> list[GraphSpec]:
+    """The graphs of one export, in export order."""
+    c, d, n = adapter.config.embed_dim, adapter.config.bottleneck_dim, bank.num_classes
+    h, w = image_size
+    gen = torch.Generator().manual_seed(0)
+
+    def pixels(sizes: dict[str, int]) -> tuple[torch.Tensor, ...]:
+        return (torch.randn(sizes.get(BATCH, EXPORT_BATCH), 3, h, w, generator=gen),)
+
+    def tokens(sizes: dict[str, int]) -> tuple[torch.Tensor, ...]:
+        # Token id layout of CLIP: start token, a few words, end token (the highest id: argmax
+        # finds it), zero padding. Values only need to be valid ids for tracing.
+        b = sizes.get(TEXT_BATCH, EXPORT_BATCH)
+        ids = torch.zeros(b, context_length, dtype=torch.int64)
+        ids[:, 0] = 49406
+        ids[:, 1:4] = torch.randint(1, 49000, (b, 3), generator=gen)
+        ids[:, 4] = 49407
+        return (ids,)
+
+    def embeddings(sizes: dict[str, int]) -> tuple[torch.Tensor, ...]:
+        return (F.normalize(torch.randn(sizes.get(NUM_CLASSES, 7), c, generator=gen), dim=-1),)
+
+    def head_inputs(sizes: dict[str, int]) -> tuple[torch.Tensor, ...]:
+        b, k = sizes.get(BATCH, EXPORT_BATCH), sizes.get(NUM_CLASSES, 7)
+        img = F.normalize(torch.randn(b, c, generator=gen), dim=-1)
+        sample = adapter.class_bank(torch.randn(k, c, generator=gen))
+        return img, sample.text_emb, sample.keys, sample.values
+
+    f32 = "float32"
+    return [
+        GraphSpec(
+            "image_classifier",
+            ImageClassifier(clip_model, adapter, bank, logit_scale).eval(),
+            (TensorSpec("pixels", f32, (BATCH, 3, h, w)),),
+            (TensorSpec("logits", f32, (BATCH, n)), TensorSpec("image_embedding", f32, (BATCH, c))),
+            pixels,
+            "preprocessed pixels -> logits over the checkpoint's label set and the adapted image embedding",
+        ),
+        GraphSpec(
+            "text_encoder",
+            TextEncoder(clip_model).eval(),
+            (TensorSpec("input_ids", "int64", (TEXT_BATCH, context_length)),),
+            (TensorSpec("text_embedding", f32, (TEXT_BATCH, c)),),
+            tokens,
+            "CLIP token ids -> unit-norm text embeddings",
+        ),
+        GraphSpec(
+            "class_bank",
+            ClassBankBuilder(adapter).eval(),
+            (TensorSpec("class_embedding", f32, (NUM_CLASSES, c)),),
+            (
+                TensorSpec("text_emb", f32, (NUM_CLASSES, c)),
+                TensorSpec("keys", f32, (NUM_CLASSES, d)),
+                TensorSpec("values", f32, (NUM_CLASSES, d)),
+            ),
+            embeddings,
+            "class embeddings (mean over prompt templates) -> class bank for adapter_head",
+            batchable=False,
+        ),
+        GraphSpec(
+            "adapter_head",
+            AdapterHead(adapter, logit_scale).eval(),
+            (
+                TensorSpec("image_emb", f32, (BATCH, c)),
+                TensorSpec("text_emb", f32, (NUM_CLASSES, c)),
+                TensorSpec("keys", f32, (NUM_CLASSES, d)),
+                TensorSpec("values", f32, (NUM_CLASSES, d)),
+            ),
+            (TensorSpec("logits", f32, (BATCH, NUM_CLASSES)), TensorSpec("image_embedding", f32, (BATCH, c))),
+            head_inputs,
+            "image embeddings + class bank of any size -> logits and adapted image embedding",
+            # The class bank has no batch axis, so Triton must not batch requests for this model.
+            batchable=False,
+        ),
+    ]

@@ -1,0 +1,216 @@
+"""TensorRT engines built from the validated (portable, standard-op) ONNX graphs.
+
+Written for the TensorRT 10/11 Python API only (LESSONS.md: API churn): explicit batch is the only
+mode, memory pools instead of ``max_workspace_size``, tensor names instead of bindings
+(``set_input_shape``/``set_tensor_address``/``execute_async_v3``). Precision comes from the graph:
+an fp16 engine is built from the fp16 ONNX (fp32 LayerNorm/softmax islands included) as a strongly
+typed network, which TensorRT 10 and 11 both accept (11 has no FP16 builder flag).
+
+Engines are tied to a TensorRT version and a GPU (LESSONS.md: engines don't travel): the file name
+carries the ONNX hash, TensorRT version and GPU, and a JSON sidecar records them; loading checks it.
+NOT RUN on the machines this was written on: TensorRT cannot be installed there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmadapter.errors import ExportError
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: str  # "9.0"
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    min: int = 1
+    opt: int = 8
+    max: int = 64
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ExportError(
+                f"TensorRT batch profile needs 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}"
+            )
+
+
+def cuda_gpu() -> GpuInfo | None:
+    """The first CUDA GPU from the driver API (no torch or cuda-python needed); None without one."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    count, dev = ctypes.c_int(0), ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+        return None
+    cuda.cuDeviceGet(ctypes.byref(dev), 0)
+    name = ctypes.create_string_buffer(256)
+    cuda.cuDeviceGetName(name, 256, dev)
+    major, minor = ctypes.c_int(0), ctypes.c_int(0)
+    cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+    cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)  # ..._MINOR
+    return GpuInfo(name.value.decode(errors="replace"), f"{major.value}.{minor.value}")
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """None when engines can be built here, else one line saying why not."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return "TensorRT is not installed (pip install tensorrt on a machine with an NVIDIA GPU)"
+    if not hasattr(trt, "Builder"):
+        return "the installed 'tensorrt' package is a stub without the TensorRT libraries"
+    if cuda_gpu() is None:
+        return "no CUDA GPU is visible, and TensorRT engines are built on the GPU they run on"
+    return None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def engine_filename(graph: str, onnx_sha256: str, trt_version: str, gpu_name: str, profile: BatchProfile) -> str:
+    """Cache key as a file name: the same ONNX, TensorRT and GPU give the same name, any change a new one."""
+    return (f"{graph}.{onnx_sha256[:16]}.trt{_slug(trt_version)}.{_slug(gpu_name)}"
+            f".b{profile.min}-{profile.opt}-{profile.max}.plan")
+
+
+def sidecar_path(plan: Path) -> Path:
+    return plan.with_suffix(".json")
+
+
+def make_sidecar(
+    onnx_sha256: str, trt_version: str, gpu: GpuInfo, profile: BatchProfile, precision: str
+) -> dict[str, Any]:
+    return {"tensorrt_version": trt_version, "gpu_name": gpu.name, "compute_capability": gpu.compute_capability,
+            "onnx_sha256": onnx_sha256, "profile": vars(profile), "precision": precision}
+
+
+def check_sidecar(plan: Path, trt_version: str, gpu: GpuInfo) -> dict[str, Any]:
+    """The sidecar of an engine, after checking that this TensorRT and GPU can load the engine."""
+    side = sidecar_path(plan)
+    try:
+        meta = json.loads(side.read_text())
+    except FileNotFoundError:
+        raise ExportError(
+            f"{plan.name} has no sidecar {side.name}: cannot tell which TensorRT and GPU built it"
+        ) from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{side} is unreadable: {exc}") from None
+    problems = []
+    if meta.get("tensorrt_version") != trt_version:
+        problems.append(f"built with TensorRT {meta.get('tensorrt_version')}, this is TensorRT {trt_version}")
+    if meta.get("gpu_name") != gpu.name or meta.get("compute_capability") != gpu.compute_capability:
+        problems.append(f"built on {meta.get('gpu_name')} (sm {meta.get('compute_capability')}), this GPU is "
+                        f"{gpu.name} (sm {gpu.compute_capability})")
+    if problems:
+        raise ExportError(f"engine {plan.name} cannot be used here: {'; '.join(problems)}; rebuild it with --tensorrt")
+    return meta
+
+
+def _profile_shapes(inputs: list[dict[str, Any]], profile: BatchProfile, class_range: tuple[int, int, int]):
+    """min/opt/max shape per input: batch axes from the profile, the class axis from class_range."""
+    for spec in inputs:
+        mins, opts, maxs = [], [], []
+        for dim in spec["shape"]:
+            if isinstance(dim, int):
+                mins.append(dim), opts.append(dim), maxs.append(dim)
+            elif dim == "num_classes":
+                mins.append(class_range[0]), opts.append(class_range[1]), maxs.append(class_range[2])
+            else:
+                mins.append(profile.min), opts.append(profile.opt), maxs.append(profile.max)
+        yield spec["name"], tuple(mins), tuple(opts), tuple(maxs)
+
+
+def build_engine(onnx_path: Path, plan_path: Path, inputs: list[dict[str, Any]], profile: BatchProfile,
+                 class_range: tuple[int, int, int], precision: str, timing_cache: Path,
+                 workspace_bytes: int = 4 << 30) -> Path:
+    """Build and serialise one engine (plus its sidecar); reuse it when the cached file exists."""
+    import tensorrt as trt
+    from mmadapter.export.manifest import sha256_file
+
+    gpu = cuda_gpu()
+    if gpu is None:
+        raise ExportError("no CUDA GPU is visible: cannot build TensorRT engines")
+    if plan_path.is_file() and sidecar_path(plan_path).is_file():
+        check_sidecar(plan_path, trt.__version__, gpu)
+        return plan_path  # cached: same ONNX hash, TensorRT version and GPU (all in the name)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # Strongly typed: layer precisions follow the ONNX graph's types (TensorRT 11's only mode).
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if flag is None else 1 << int(flag))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT cannot parse {onnx_path.name}: {errors or 'unknown parser error'}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    opt_profile = builder.create_optimization_profile()
+    for name, lo, mid, hi in _profile_shapes(inputs, profile, class_range):
+        opt_profile.set_shape(name, lo, mid, hi)
+    config.add_optimization_profile(opt_profile)
+    cache_bytes = timing_cache.read_bytes() if timing_cache.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=True)  # a stale cache only costs build time
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(f"TensorRT failed to build an engine from {onnx_path.name} (see the log above)")
+    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    tmp = plan_path.with_name(plan_path.name + ".partial")
+    tmp.write_bytes(bytes(serialized))
+    tmp.replace(plan_path)
+    meta = make_sidecar(sha256_file(onnx_path), trt.__version__, gpu, profile, precision)
+    sidecar_path(plan_path).write_text(json.dumps(meta, indent=2) + "\n")
+    return plan_path
+
+
+class TrtEngine:
+    """Load a checked engine and run it by tensor name (torch CUDA tensors as device buffers)."""
+
+    def __init__(self, plan: Path):
+        import tensorrt as trt
+
+        gpu = cuda_gpu()
+        if gpu is None:
+            raise ExportError("no CUDA GPU is visible: cannot load TensorRT engines")
+        self.meta = check_sidecar(plan, trt.__version__, gpu)
+        self._trt = trt
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan.read_bytes())
+        if self.engine is None:
+            raise ExportError(f"TensorRT could not deserialize {plan.name} (corrupt file?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        trt = self._trt
+        keep = []
+        for name in self.inputs:
+            t = torch.as_tensor(feeds[name]).cuda().contiguous()
+            keep.append(t)
+            self.context.set_input_shape(name, tuple(t.shape))
+            self.context.set_tensor_address(name, t.data_ptr())
+        outs = {}
+        for name in self.outputs:
+            dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
+            dtype = dtypes[self.engine.get_tensor_dtype(name)]
+            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device="cuda")
+            self.context.set_tensor_address(name, out.data_ptr())
+            outs[name] = out
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise ExportError("TensorRT execution failed")
+        stream.synchronize()
+        return {k: v.float().cpu().numpy() for k, v in outs.items()}

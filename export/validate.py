@@ -1,0 +1,241 @@
+"""Validation of exported graphs against the torch model, run by default after every export.
+
+Every check runs and every failure is collected before anything is reported (names, shapes and
+dtypes first, then values). Values are compared against the *torch model* (open_clip's encoders
+and :class:`MultiModalAdapter` with a class bank), not against the wrapper that was traced, on
+real preprocessed images made here (PIL images through the model's own preprocess), at batch sizes
+other than the exported one. Thresholds (DESIGN.md section 4): embedding cosine >= 0.99999 in fp32
+and >= 0.999 in fp16; top-1 identical on >= 99.9% of inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mmadapter.export.specs import EXPORT_BATCH, GraphSpec
+
+from mmadapter.adapter import ClassBank, MultiModalAdapter
+from mmadapter.backbone import FrozenClip, format_prompt
+
+VALIDATION_BATCHES = (1, 3, 17)
+COSINE_MIN = {"fp32": 0.99999, "fp16": 0.999}
+TOP1_MIN = 0.999
+LOGITS_ATOL_FP32 = 1e-4  # relative to the largest reference logit (CLIP's scale makes them ~100)
+
+
+@dataclass
+class Case:
+    """One call of a graph: numpy inputs and the torch model's outputs."""
+
+    label: str
+    inputs: dict[str, np.ndarray]
+    expected: dict[str, np.ndarray]
+
+
+@dataclass
+class GraphReport:
+    file: str
+    precision: str
+    failures: list[str] = field(default_factory=list)
+    min_cosine: dict[str, float] = field(default_factory=dict)
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+    top1_agreement: float | None = None
+    batch_sizes: list[int] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file, "precision": self.precision, "passed": self.passed, "failures": self.failures,
+            "min_cosine": self.min_cosine, "max_abs_diff": self.max_abs_diff,
+            "top1_agreement": self.top1_agreement, "batch_sizes": self.batch_sizes,
+            "thresholds": {"cosine": COSINE_MIN[self.precision], "top1": TOP1_MIN},
+        }
+
+
+def sample_images(count: int, seed: int = 0) -> list[Any]:
+    """Deterministic, varied PIL images: non-square sizes above and below the crop, gradients,
+    discs, stripes, noise and flat colour, in RGB, L and RGBA modes."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for i in range(count):
+        w, h = int(rng.integers(40, 300)), int(rng.integers(40, 300))
+        kind = i % 5
+        if kind == 0:
+            x = np.linspace(0, 255, w)[None, :, None] * rng.random(3)
+            y = np.linspace(0, 255, h)[:, None, None] * rng.random(3)
+            arr = np.clip(x + y, 0, 255).astype(np.uint8)
+            img = Image.fromarray(np.broadcast_to(arr, (h, w, 3)).copy())
+        elif kind == 1:
+            img = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(0, 256, 3)))
+            draw = ImageDraw.Draw(img)
+            for _ in range(4):
+                x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+                r = int(rng.integers(5, max(w, h) // 2))
+                draw.ellipse((x0 - r, y0 - r, x0 + r, y0 + r), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        elif kind == 2:
+            period = int(rng.integers(3, 20))
+            stripes = ((np.arange(w) // period) % 2 * 255).astype(np.uint8)
+            img = Image.fromarray(np.broadcast_to(stripes, (h, w)).copy(), mode="L")
+        elif kind == 3:
+            img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        else:
+            arr = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
+            arr[..., 3] = 255
+            img = Image.fromarray(arr, mode="RGBA")
+        images.append(img)
+    return images
+
+
+def _split(total: Sequence[Any], sizes: Sequence[int]) -> list[Sequence[Any]]:
+    out, start = [], 0
+    for s in sizes:
+        out.append(total[start:start + s])
+        start += s
+    return out
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().float().numpy()
+
+
+@torch.no_grad()
+def build_cases(
+    clip: FrozenClip,
+    adapter: MultiModalAdapter,
+    bank: ClassBank,
+    logit_scale: float,
+    templates: Sequence[str],
+    batch_sizes: Sequence[int] = VALIDATION_BATCHES,
+) -> dict[str, list[Case]]:
+    """Validation cases per graph name, with expected outputs from the torch model."""
+    if EXPORT_BATCH in batch_sizes:
+        raise ValueError(f"validate at batch sizes other than the exported one ({EXPORT_BATCH})")
+    total = sum(batch_sizes)
+    adapter = adapter.eval()
+    pixels = torch.stack([clip.preprocess(img) for img in sample_images(total)])
+    image_emb = clip.encode_images(pixels)
+    out = adapter(image_emb, bank, logit_scale)
+    cases: dict[str, list[Case]] = {"image_classifier": [], "text_encoder": [], "class_bank": [], "adapter_head": []}
+    for b, px, lg, emb in zip(batch_sizes, _split(pixels, batch_sizes), _split(out.logits, batch_sizes),
+                              _split(out.image_emb, batch_sizes)):
+        cases["image_classifier"].append(
+            Case(f"batch {b}", {"pixels": _np(px)}, {"logits": _np(lg), "image_embedding": _np(emb)}))
+
+    names = list(bank.class_names) or [f"class {i}" for i in range(bank.num_classes)]
+    prompts = [format_prompt(t, c) for t in templates for c in names]
+    prompts += [f"a photo of thing number {i}, which is {'very ' * (i % 4)}odd." for i in range(total)]
+    tokens = clip.tokenizer(prompts[:total])
+    text_emb = clip.encode_texts(prompts[:total])
+    for b, tok, emb in zip(batch_sizes, _split(tokens, batch_sizes), _split(text_emb, batch_sizes)):
+        cases["text_encoder"].append(
+            Case(f"text batch {b}", {"input_ids": tok.numpy().astype(np.int64)}, {"text_embedding": _np(emb)}))
+
+    # Class banks of other sizes than the checkpoint's label set: the open-vocabulary path.
+    for n, emb in zip(batch_sizes, _split(text_emb, batch_sizes)):
+        new_bank = adapter.class_bank(emb)
+        cases["class_bank"].append(Case(
+            f"num_classes {n}", {"class_embedding": _np(emb)},
+            {"text_emb": _np(new_bank.text_emb), "keys": _np(new_bank.keys), "values": _np(new_bank.values)}))
+    banks = [bank, adapter.class_bank(text_emb[:3]), adapter.class_bank(text_emb)]
+    for b, emb_b, cb in zip(batch_sizes, _split(image_emb, batch_sizes), banks):
+        head = adapter(emb_b, cb, logit_scale)
+        cases["adapter_head"].append(Case(
+            f"batch {b}, num_classes {cb.num_classes}",
+            {"image_emb": _np(emb_b), "text_emb": _np(cb.text_emb), "keys": _np(cb.keys), "values": _np(cb.values)},
+            {"logits": _np(head.logits), "image_embedding": _np(head.image_emb)}))
+    return cases
+
+
+def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a2 = a.reshape(a.shape[0], -1).astype(np.float64)
+    b2 = b.reshape(b.shape[0], -1).astype(np.float64)
+    num = (a2 * b2).sum(-1)
+    den = np.linalg.norm(a2, axis=-1) * np.linalg.norm(b2, axis=-1)
+    return num / np.maximum(den, 1e-30)
+
+
+def _shape_matches(actual: Sequence[Any], declared: Sequence[int | str]) -> bool:
+    if len(actual) != len(declared):
+        return False
+    return all(not isinstance(d, int) or a == d for a, d in zip(actual, declared))
+
+
+def validate_graph(
+    path: Path,
+    spec: GraphSpec,
+    cases: Sequence[Case],
+    precision: str,
+    session_factory: Callable[[Path], Any],
+) -> GraphReport:
+    """Run every case through an ONNX Runtime session and collect every failure."""
+    report = GraphReport(path.name, precision)
+    fail = report.failures.append
+    try:
+        sess = session_factory(path)
+    except Exception as exc:  # noqa: BLE001 - a graph ORT cannot load is one failure among others
+        fail(f"{path.name}: cannot be loaded by ONNX Runtime ({str(exc).splitlines()[0] if str(exc) else exc})")
+        return report
+    # 1. Interface: names, dtypes, declared shapes.
+    ort_dtype = {"float32": "tensor(float)", "int64": "tensor(int64)", "float16": "tensor(float16)"}
+    for kind, declared, actual in (("input", spec.inputs, sess.get_inputs()), ("output", spec.outputs,
+                                                                                 sess.get_outputs())):
+        if [t.name for t in declared] != [a.name for a in actual]:
+            fail(f"{path.name}: {kind} names {[a.name for a in actual]} != {[t.name for t in declared]}")
+            continue
+        for t, a in zip(declared, actual):
+            if a.type != ort_dtype[t.dtype]:
+                fail(f"{path.name}: {kind} {t.name} has type {a.type}, expected {ort_dtype[t.dtype]}")
+            if not _shape_matches(a.shape, t.shape):
+                fail(f"{path.name}: {kind} {t.name} has shape {a.shape}, expected {list(t.shape)}")
+    if report.failures:
+        return report
+    # 2. Values against torch, at every case; record worst cosine and abs diff per output.
+    agree, seen = 0, 0
+    thr = COSINE_MIN[precision]
+    for case in cases:
+        report.batch_sizes.append(next(iter(case.inputs.values())).shape[0])
+        try:
+            got = dict(zip([o.name for o in spec.outputs], sess.run(None, case.inputs)))
+        except Exception as exc:  # noqa: BLE001 - a runtime failure at one batch size is a failure to report
+            fail(f"{path.name} [{case.label}]: run failed ({str(exc).splitlines()[0] if str(exc) else exc})")
+            continue
+        for name, ref in case.expected.items():
+            out = got[name]
+            if out.shape != ref.shape:
+                fail(f"{path.name} [{case.label}]: {name} shape {list(out.shape)}, torch gives {list(ref.shape)}")
+                continue
+            if out.dtype != np.float32:
+                fail(f"{path.name} [{case.label}]: {name} dtype {out.dtype}, expected float32")
+            if not np.isfinite(out).all():
+                fail(f"{path.name} [{case.label}]: {name} has NaN or infinite values")
+                continue
+            diff = float(np.abs(out.astype(np.float64) - ref).max())
+            report.max_abs_diff[name] = max(report.max_abs_diff.get(name, 0.0), diff)
+            if name == "logits":
+                agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
+                seen += out.shape[0]
+                tol = LOGITS_ATOL_FP32 * max(1.0, float(np.abs(ref).max()))
+                if precision == "fp32" and diff > tol:
+                    fail(f"{path.name} [{case.label}]: logits differ from torch by {diff:.3g} > {tol:.3g}")
+                continue
+            cos = float(_row_cosines(out, ref).min())
+            report.min_cosine[name] = min(report.min_cosine.get(name, math.inf), cos)
+            if cos < thr:
+                fail(f"{path.name} [{case.label}]: {name} cosine {cos:.7f} < {thr}")
+    if seen:
+        report.top1_agreement = agree / seen
+        if report.top1_agreement < TOP1_MIN:
+            share = report.top1_agreement
+            fail(f"{path.name}: top-1 identical on {agree}/{seen} inputs ({share:.2%} < {TOP1_MIN:.1%})")
+    return report
