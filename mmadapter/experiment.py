@@ -1,0 +1,114 @@
+"""The steps the CLI and the demo share, as typed functions: open a dataset, embed it (through the
+cache), train the adapter into a checkpoint, run the base-to-novel report."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mmadapter.baselines import build_head
+from mmadapter.checkpoint import CheckpointMeta, LabelSet, save_checkpoint
+from mmadapter.config import AdapterConfig, TrainConfig, adapter_config_for_width
+from mmadapter.data import ImageDataset, base_novel_classes, few_shot_splits, image_folder_dataset, restrict
+from mmadapter.datasets import load_registered_dataset
+from mmadapter.errors import DataError
+from mmadapter.evaluate import BaseNovelData, BaseToNovelReport, run_base_to_novel
+from mmadapter.features import ClipProvider, image_embeddings, labels_of, text_embeddings
+from mmadapter.train import EmbeddedSplit, TrainResult, accuracy, train_head
+
+
+def open_dataset(data_root: str | Path, dataset: str | None = None, template: str | None = None) -> ImageDataset:
+    """A registered dataset (by name, under ``data_root``) or an image folder at ``data_root``."""
+    ds = load_registered_dataset(dataset, data_root) if dataset else image_folder_dataset(data_root)
+    if template is not None:
+        if "{}" not in template:
+            raise DataError(f"prompt template {template!r} needs a '{{}}' for the class name")
+        ds = replace(ds, template=template)
+    return ds
+
+
+def _embed(provider: ClipProvider, records: list, cache_dir: Path | None, progress: bool) -> EmbeddedSplit:
+    return EmbeddedSplit(image_embeddings(provider, records, cache_dir, progress=progress), labels_of(records))
+
+
+def prepare_base_novel(
+    dataset: ImageDataset, provider: ClipProvider, shots: int = 16, seed: int = 1,
+    cache_dir: str | Path | None = None, progress: bool = True,
+) -> BaseNovelData:
+    """Few-shot base-class train/val splits and base/novel/all test sets, as cached embeddings."""
+    cache = Path(cache_dir) if cache_dir is not None else None
+    splits = few_shot_splits(dataset, shots, seed)
+    base, novel = base_novel_classes(dataset.class_names)
+    templates = [dataset.template]
+    test_base, test_novel = restrict(splits.test, base), restrict(splits.test, novel)
+    if not test_base or not test_novel:
+        raise DataError(f"dataset {dataset.name} has no test images for the base or the novel classes")
+    return BaseNovelData(
+        base_classes=base,
+        novel_classes=novel,
+        text_base=text_embeddings(provider, base, templates, cache),
+        text_novel=text_embeddings(provider, novel, templates, cache),
+        train=_embed(provider, restrict(splits.train, base), cache, progress),
+        val=_embed(provider, restrict(splits.val, base), cache, progress),
+        test_base=_embed(provider, test_base, cache, progress),
+        test_novel=_embed(provider, test_novel, cache, progress),
+        test_all=_embed(provider, restrict(splits.test, base + novel), cache, progress),
+    )
+
+
+def evaluate_base_to_novel(
+    dataset: ImageDataset, provider: ClipProvider, train_config: TrainConfig | None = None,
+    cache_dir: str | Path | None = None, progress: bool = True, note: str | None = None,
+) -> BaseToNovelReport:
+    train_config = train_config or TrainConfig()
+    data = prepare_base_novel(dataset, provider, train_config.shots, train_config.seed, cache_dir, progress)
+    clip = provider.get()
+    info: dict[str, Any] = {
+        "dataset": dataset.name, "template": dataset.template, "clip": provider.spec.to_dict(),
+        "shots": train_config.shots, "seed": train_config.seed, "train_config": train_config.to_dict(),
+    }
+    if note:
+        info["note"] = note
+    return run_base_to_novel(data, train_config, adapter_config_for_width(data.text_base.shape[1]),
+                             clip.logit_scale, progress=progress, info=info)
+
+
+def checkpoint_meta(
+    provider: ClipProvider, adapter_config: AdapterConfig, logit_scale: float, class_names: tuple[str, ...],
+    template: str, train_config: TrainConfig, metrics: dict[str, Any], dataset_name: str,
+) -> CheckpointMeta:
+    return CheckpointMeta(
+        adapter=adapter_config, clip=provider.spec, logit_scale=logit_scale,
+        label_set=LabelSet(tuple(class_names), (template,)),
+        training={**train_config.to_dict(), "dataset": dataset_name}, metrics=metrics,
+    )
+
+
+def train_checkpoint(
+    dataset: ImageDataset, provider: ClipProvider, out_path: str | Path, train_config: TrainConfig | None = None,
+    base_only: bool = False, cache_dir: str | Path | None = None, progress: bool = True,
+) -> tuple[Path, TrainResult, float]:
+    """Train the Multi-Modal Adapter on ``shots`` images per class (all classes, or the base half
+    with ``base_only``) and save it as a checkpoint. Returns the path, the training result and the
+    test accuracy (%) on the same label set."""
+    train_config = train_config or TrainConfig()
+    cache = Path(cache_dir) if cache_dir is not None else None
+    splits = few_shot_splits(dataset, train_config.shots, train_config.seed)
+    classes = base_novel_classes(dataset.class_names)[0] if base_only else dataset.class_names
+    text = text_embeddings(provider, classes, [dataset.template], cache)
+    train = _embed(provider, restrict(splits.train, classes), cache, progress)
+    val = _embed(provider, restrict(splits.val, classes), cache, progress)
+    test = _embed(provider, restrict(splits.test, classes), cache, progress)
+    clip = provider.get()
+    config = adapter_config_for_width(clip.embed_dim)
+    head = build_head("mma", clip.embed_dim, seed=train_config.seed, adapter_config=config)
+    result = train_head(head, train, text, train_config, val, clip.logit_scale, progress=progress, desc="mma")
+    test_acc = accuracy(result.head, test, text, clip.logit_scale)
+    metrics = {"test_acc": test_acc, "test_images": len(test), **result.summary()}
+    meta = checkpoint_meta(provider, config, clip.logit_scale, tuple(classes), dataset.template, train_config,
+                           metrics, dataset.name)
+    return save_checkpoint(out_path, result.head, meta), result, test_acc
+
+
+__all__ = ["checkpoint_meta", "evaluate_base_to_novel", "open_dataset", "prepare_base_novel", "train_checkpoint"]
