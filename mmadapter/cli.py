@@ -89,6 +89,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if (args.checkpoint is None) == (args.onnx is None):
         raise DataError("give exactly one of --checkpoint CKPT or --onnx DIR")
+    if args.checkpoint is not None:
+        from mmadapter.checkpoint import read_metadata
+
+        read_metadata(args.checkpoint)  # a bad checkpoint is reported before any image is looked at
     images = collect_images(args.images)
     if args.onnx is not None:
         if args.classes is not None:

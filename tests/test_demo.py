@@ -1,0 +1,45 @@
+"""`mmadapter demo` end to end: offline, fast, and every promised file is there and usable."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from mmadapter import cli
+from mmadapter.backbone import sha256_file
+from mmadapter.checkpoint import load_checkpoint
+from mmadapter.demo import RANDOM_WEIGHTS_NOTICE
+
+
+def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    start = time.perf_counter()
+    assert cli.main(["demo", "--out", str(out), "--no-progress"]) == 0
+    seconds = time.perf_counter() - start
+    assert seconds < 60, f"demo took {seconds:.1f} s"
+    stdout = capsys.readouterr().out
+    assert RANDOM_WEIGHTS_NOTICE in stdout and "RANDOM" in stdout
+
+    adapter, meta = load_checkpoint(out / "adapter.safetensors", clip_embed_dim=512)
+    weights = out / "clip-weights.safetensors"
+    assert meta.clip.model_name == "mmadapter-tiny" and meta.clip.pretrained is None
+    assert Path(str(meta.clip.weights_path)) == weights.resolve()
+    assert meta.clip.weights_sha256 == sha256_file(weights)
+    assert meta.label_set.class_names == ("eight", "five", "four", "nine", "one")  # sorted names, first half
+    assert adapter.num_trainable_parameters() == 197_760
+
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["results"]) == {"zero-shot-clip", "clip-adapter", "mma"}
+    assert report["novel_classes"] == ["seven", "six", "three", "two", "zero"]
+    assert report["shots"] == 16 and report["counts"]["train"] == 80
+    assert (out / "report.md").is_file() and (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+    images = sorted((out / "images").iterdir())
+    assert len(images) == 10 and all(p.read_bytes()[:4] == b"\x89PNG" for p in images)
+    for image in images:  # one top-3 line per image, classes from the checkpoint's label set
+        line = next(line for line in stdout.splitlines() if line.startswith(f"{image}: "))
+        assert len(line.split(": ", 1)[1].split(", ")) == 3
+    assert not [p for p in out.rglob("*") if "partial" in p.name]
