@@ -1,0 +1,52 @@
+"""Plots of the adapter benchmarks, drawn from their CSVs (so a plot can be redrawn without rerunning).
+
+    python benchmarks/plot_adapter.py [benchmarks/results/adapter_cpu.csv]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import RESULTS_DIR, read_csv  # noqa: E402
+
+
+def plot_adapter_cpu(csv_path: Path = RESULTS_DIR / "adapter_cpu.csv", png_path: Path | None = None) -> Path:
+    """Time and peak memory against N, one line per implementation and batch size, log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_csv(csv_path)
+    png_path = png_path or Path(csv_path).with_suffix(".png")
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
+    batches = sorted({int(r["batch"]) for r in rows})
+    for impl, style in (("fast", "-o"), ("reference", "--s")):
+        for b in batches:
+            sel = sorted((r for r in rows if r["impl"] == impl and int(r["batch"]) == b),
+                         key=lambda r: int(r["num_classes"]))
+            ns = [int(r["num_classes"]) for r in sel]
+            ax_t.plot(ns, [float(r["median_ms"]) for r in sel], style, label=f"{impl}, batch {b}")
+            ax_m.plot(ns, [max(float(r["peak_bytes"]), 4096.0) / 2**20 for r in sel], style,
+                      label=f"{impl}, batch {b}")
+    for ax, ylabel in ((ax_t, "median time per call (ms)"), (ax_m, "peak added memory (MiB, floor 1 page)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("classes N")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_t.legend(fontsize=7)
+    env = rows[0]
+    fig.suptitle(f"Adapter head on CPU: fast path vs reference formulation "
+                 f"({env.get('cpu', '')}, {env.get('cpu_threads', '?')} threads, torch {env.get('torch', '')}, "
+                 f"commit {env.get('commit', '')})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return png_path
+
+
+if __name__ == "__main__":
+    print(plot_adapter_cpu(Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS_DIR / "adapter_cpu.csv"))
