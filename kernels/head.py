@@ -1,0 +1,140 @@
+"""The adapter head on the Triton kernels: autograd wrapper and the ``mmadapter::adapter_head`` op.
+
+Forward runs the two fused kernels (``adapt_image_triton`` then ``adapted_logits_triton``). Backward is the
+torch fast path recomputed under ``enable_grad`` (``mmadapter.functional``): the head is O(N * C)
+per image, so recomputing it costs one more forward, and the gradients are exactly the fast path's.
+
+Triton is imported only when a kernel is launched, so this module (and ``mmadapter.kernels``)
+imports on machines without Triton or without a GPU.
+
+No ``from __future__ import annotations`` here: ``torch.library.custom_op`` reads the annotations
+to build the operator schema.
+"""
+
+import torch
+
+
+def _launch(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+    params: tuple, num_heads: int, blend: float, logit_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from mmadapter.kernels.adapter_attention import adapt_image_triton
+    from mmadapter.kernels.adapter_logits import adapted_logits_triton
+
+    v_adapted, shift = adapt_image_triton(image_emb, keys, values, tuple(params), num_heads, blend)
+    return adapted_logits_triton(v_adapted, shift, text_emb, blend, logit_scale), v_adapted, shift
+
+
+def _fast_path(inputs: tuple, num_heads: int, blend: float, logit_scale: float) -> tuple:
+    # The model code is imported here only: kernel files stay free of it (DESIGN.md section 3).
+    from mmadapter import functional
+
+    image_emb, text_emb, keys, values, *params = inputs
+    return functional.adapter_head(
+        image_emb, text_emb, keys, values, functional.AdapterParams(*params), num_heads, blend, logit_scale
+    )
+
+
+def _recompute_grads(
+    inputs: tuple, needs: tuple, grads: tuple, num_heads: int, blend: float, logit_scale: float
+) -> list[torch.Tensor | None]:
+    """Gradients of the fast path at ``inputs`` for output gradients ``grads`` (None = zero)."""
+    with torch.enable_grad():
+        leaves = [x.detach().requires_grad_(bool(n)) for x, n in zip(inputs, needs)]
+        outs = _fast_path(tuple(leaves), num_heads, blend, logit_scale)
+        pairs = [(o, g) for o, g in zip(outs, grads) if g is not None]
+        wanted = [x for x in leaves if x.requires_grad]
+        if not wanted or not pairs:
+            return [None] * len(inputs)
+        got = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True))
+    return [next(got) if x.requires_grad else None for x in leaves]
+
+
+class _TritonAdapterHead(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, num_heads, blend, logit_scale, *inputs):  # noqa: ANN001 - autograd signature
+        ctx.save_for_backward(*inputs)
+        ctx.cfg = (num_heads, blend, logit_scale)
+        image_emb, text_emb, keys, values, *params = inputs
+        return _launch(image_emb, text_emb, keys, values, tuple(params), num_heads, blend, logit_scale)
+
+    @staticmethod
+    def backward(ctx, *grads):  # noqa: ANN001
+        grads_in = _recompute_grads(ctx.saved_tensors, ctx.needs_input_grad[3:], grads, *ctx.cfg)
+        return (None, None, None, *grads_in)
+
+
+def triton_adapter_head(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    p: tuple,
+    num_heads: int,
+    blend: float,
+    logit_scale: float | torch.Tensor = 100.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Same signature and result as ``functional.adapter_head``: (logits [B, N], v' [B, C], s [B, C]),
+    on the Triton kernels (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
+    Differentiable: backward recomputes the torch fast path."""
+    tensor_scale = logit_scale if isinstance(logit_scale, torch.Tensor) else None
+    # A tensor scale (e.g. a learnt one) is applied outside the kernel so autograd sees it.
+    scale = 1.0 if tensor_scale is not None else float(logit_scale)
+    inputs = (image_emb, text_emb, keys, values, *tuple(p))
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs):
+        logits, v_adapted, shift = _TritonAdapterHead.apply(num_heads, blend, scale, *inputs)
+    else:
+        logits, v_adapted, shift = _launch(image_emb, text_emb, keys, values, tuple(p), num_heads, blend, scale)
+    if tensor_scale is not None:
+        logits = logits * tensor_scale
+    return logits, v_adapted, shift
+
+
+# --- one operator for tracing and dispatch: CPU (and any other device) = torch fast path, CUDA = Triton.
+
+
+@torch.library.custom_op("mmadapter::adapter_head", mutates_args=())
+def adapter_head_op(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+    down_weight: torch.Tensor, down_bias: torch.Tensor, in_proj_weight: torch.Tensor, in_proj_bias: torch.Tensor,
+    out_proj_weight: torch.Tensor, out_proj_bias: torch.Tensor, up_weight: torch.Tensor, up_bias: torch.Tensor,
+    num_heads: int, blend: float, logit_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, v', s) of the adapter head as one operator; the weights in ``AdapterParams`` order."""
+    inputs = (image_emb, text_emb, keys, values, down_weight, down_bias, in_proj_weight, in_proj_bias,
+              out_proj_weight, out_proj_bias, up_weight, up_bias)
+    return tuple(o.contiguous().clone() for o in _fast_path(inputs, num_heads, blend, logit_scale))
+
+
+@adapter_head_op.register_kernel("cuda")
+def _adapter_head_cuda(
+    image_emb, text_emb, keys, values, down_weight, down_bias, in_proj_weight, in_proj_bias,  # noqa: ANN001
+    out_proj_weight, out_proj_bias, up_weight, up_bias, num_heads, blend, logit_scale,  # noqa: ANN001
+):
+    params = (down_weight, down_bias, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+              up_weight, up_bias)
+    return _launch(image_emb, text_emb, keys, values, params, num_heads, blend, logit_scale)
+
+
+@adapter_head_op.register_fake
+def _adapter_head_fake(
+    image_emb, text_emb, keys, values, down_weight, down_bias, in_proj_weight, in_proj_bias,  # noqa: ANN001
+    out_proj_weight, out_proj_bias, up_weight, up_bias, num_heads, blend, logit_scale,  # noqa: ANN001
+):
+    b, c = image_emb.shape
+    n = text_emb.shape[0]
+    return image_emb.new_empty((b, n)), image_emb.new_empty((b, c)), image_emb.new_empty((b, c))
+
+
+def _op_setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+    *tensors, num_heads, blend, logit_scale = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.cfg = (num_heads, blend, logit_scale)
+
+
+def _op_backward(ctx, *grads):  # noqa: ANN001
+    needs = ctx.needs_input_grad[:12]
+    return (*_recompute_grads(ctx.saved_tensors, needs, grads, *ctx.cfg), None, None, None)
+
+
+adapter_head_op.register_autograd(_op_backward, setup_context=_op_setup_context)
