@@ -182,3 +182,15 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
     for row in cells:
         print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+
+
+def copy_bandwidth_gbps(device: str = "cuda", nbytes: int = 1 << 30) -> float:
+    """Measured device-to-device copy bandwidth in GB/s (bytes read + written per second): the
+    practical memory roofline that achieved bandwidths are compared against."""
+    import torch
+
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    fn = lambda: dst.copy_(src)
+    stats = time_cuda(fn, warmup=3, repeats=20) if device.startswith("cuda") else time_cpu(fn, warmup=1, repeats=5)
+    return 2 * nbytes / (stats["median_ms"] / 1e3) / 1e9

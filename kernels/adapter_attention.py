@@ -24,11 +24,11 @@ import math
 import torch
 import triton
 import triton.language as tl
-from mmadapter.kernels._checks import check_common, check_tensor, next_pow2
+from mmadapter.kernels._checks import check_common, check_tensor, interpreting, next_pow2
 
 LOG2E = 1.4426950408889634
 BLOCK_B = 16  # images per program: the M dim of every dot, >= 16 for tl.dot on GPUs
-BLOCK_N = 64  # keys per attention step
+BLOCK_N = 64  # keys per attention step (the interpreter's; on a GPU see _gpu_block_n)
 BLOCK_C = 32  # embedding columns per step of the down/up projections (keeps weight tiles small)
 BLOCK_K = 32  # bottleneck columns per step of the bottleneck projections
 
@@ -224,6 +224,12 @@ def _adapter_attention_kernel(
             tl.store(outs_ptr + out_offs, (u * inv_u[:, None]).to(outs_ptr.dtype.element_ty), mask=cmask)
 
 
+def _gpu_block_n(padded_bottleneck: int, elem_size: int) -> int:
+    """Keys per step such that one key (or value) tile is about 16 KiB: the pipeliner double-buffers
+    both in shared memory, and 256-wide fp32 tiles of 64 keys would not fit next to the weight tiles."""
+    return max(16, min(64, 16384 // (padded_bottleneck * elem_size)))
+
+
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -239,7 +245,7 @@ def adapt_image_triton(
     blend: float,
     *,
     num_splits: int | None = None,
-    block_n: int = BLOCK_N,
+    block_n: int | None = None,
     fp32_precision: str = "ieee",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """image_emb [B, C], class keys/values [N, D] and the 8 adapter weights (``AdapterParams`` order)
@@ -275,8 +281,6 @@ def adapt_image_triton(
         raise ValueError(f"blend must lie in [0, 1], got {blend}")
     if fp32_precision not in ("ieee", "tf32"):
         raise ValueError(f"fp32_precision must be 'ieee' or 'tf32', got {fp32_precision!r}")
-    if block_n < 16 or block_n & (block_n - 1):
-        raise ValueError(f"block_n must be a power of two >= 16, got {block_n}")
     n_keys, batch = keys.shape[0], image_emb.shape[0]
     if n_keys == 0:
         raise ValueError("keys and values need at least one class (N >= 1)")
@@ -289,6 +293,10 @@ def adapt_image_triton(
 
     head_dim = d_width // num_heads
     dp, hp, hdp = next_pow2(d_width), next_pow2(num_heads, 1), next_pow2(head_dim)
+    if block_n is None:
+        block_n = BLOCK_N if interpreting() else _gpu_block_n(hp * hdp, image_emb.element_size())
+    if block_n < 16 or block_n & (block_n - 1):
+        raise ValueError(f"block_n must be a power of two >= 16, got {block_n}")
     tiles = triton.cdiv(batch, BLOCK_B)
     key_blocks = triton.cdiv(n_keys, block_n)
     if num_splits is None:
@@ -307,7 +315,7 @@ def adapt_image_triton(
     precision = fp32_precision if dtype == torch.float32 else "tf32"  # ignored by fp16/bf16 dots
     common = dict(
         C=c_width, D=d_width, H=num_heads, HD=head_dim, DP=dp, HP=hp, HDP=hdp, BB=BLOCK_B, BN=block_n,
-        BC=BLOCK_C, BK=min(BLOCK_K, dp, hp * hdp), PRECISION=precision, num_warps=4,
+        BC=BLOCK_C, BK=min(BLOCK_K, dp, hp * hdp), PRECISION=precision, num_warps=4, num_stages=2,
     )
     args = (
         image_emb, image_emb.stride(0), image_emb.stride(1), keys, keys.stride(0), keys.stride(1),

@@ -85,12 +85,14 @@ def adapted_logits_triton(
         return out
     # Bigger image tiles re-read the text bank fewer times; 64 keeps two fp32 accumulators in registers.
     bb = 16 if batch <= 16 else 32 if batch <= 32 else 64
+    # fp32 tiles of 64 columns, three operands, two pipeline stages would crowd shared memory.
+    bc = BLOCK_C if dtype != torch.float32 else BLOCK_C // 2
     grid = (triton.cdiv(batch, bb), triton.cdiv(n_cls, BLOCK_N))
     _adapter_logits_kernel[grid](
         v_adapted, v_adapted.stride(0), v_adapted.stride(1), shift, shift.stride(0), shift.stride(1),
         text_emb, text_emb.stride(0), text_emb.stride(1), out, out.stride(0), out.stride(1),
         batch, n_cls, 1.0 - float(blend), float(blend), float(logit_scale),
-        C=c_width, BB=bb, BN=BLOCK_N, BC=BLOCK_C,
-        PRECISION=fp32_precision if dtype == torch.float32 else "tf32", num_warps=8 if bb == 64 else 4,
+        C=c_width, BB=bb, BN=BLOCK_N, BC=bc, PRECISION=fp32_precision if dtype == torch.float32 else "tf32",
+        num_warps=8 if bb == 64 else 4, num_stages=2,
     )
     return out

@@ -80,14 +80,15 @@ def test_fp32_matches_reference(width: int, batch: int, n_cls: int) -> None:
     assert err <= EMB_ATOL_FP32, f"s vs functional.adapt_image: max abs {err:.3g} > {EMB_ATOL_FP32}"
 
 
-@pytest.mark.parametrize("n_cls,splits", [(BLOCK_N + 1, 2), (5 * BLOCK_N - 3, 3)])
-def test_split_keys_match_reference(n_cls: int, splits: int) -> None:
-    """The two-launch path (key range split over programs, then combined) equals the reference."""
+@pytest.mark.parametrize("n_cls,splits,block_n", [(BLOCK_N + 1, 2, None), (5 * BLOCK_N - 3, 3, None), (17, 1, 16)])
+def test_split_keys_match_reference(n_cls: int, splits: int, block_n: int | None) -> None:
+    """The two-launch path (key range split over programs, then combined) equals the reference;
+    block_n 16 is the smallest key tile a GPU picks (fp32, C = 1024)."""
     model, ref, image, text = make_case(768, 5, n_cls, seed=1)
     p = model.params()
     with torch.no_grad():
         keys, values = functional.class_keys_values(text, p)
-        v_ad, shift = adapt_image_triton(image, keys, values, tuple(p), 4, 0.2, num_splits=splits)
+        v_ad, shift = adapt_image_triton(image, keys, values, tuple(p), 4, 0.2, num_splits=splits, block_n=block_n)
         logits = adapted_logits_triton(v_ad, shift, text, 0.2, 100.0)
         ref_logits, ref_v, _ = ref(image, text)
     err = max_err(logits, ref_logits)
