@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -46,10 +46,27 @@ class DemoResult:
     seconds: float
 
 
-def export_and_serve(out_dir: Path, checkpoint: Path) -> None:
-    """HOOK for the lead: ONNX export of ``checkpoint`` into ``out_dir`` and an ONNX Runtime
-    prediction on ``out_dir / "images"``. Deliberately a no-op until the export lands."""
-    return None
+def export_and_serve(
+    out_dir: Path, checkpoint: Path, images: list[Path], torch_predictions: Sequence[Prediction],
+    log: Callable[[str], None] = print, progress: bool = False,
+) -> list[Prediction]:
+    """The product's main job on the demo checkpoint: export (validated against torch) into
+    ``out_dir/onnx``, then classify the demo images through ONNX Runtime, no torch in the loop."""
+    from mmadapter.export.pipeline import export_checkpoint
+    from mmadapter.export.runtime import classify_images
+
+    result = export_checkpoint(checkpoint, out_dir / "onnx", overwrite=True, progress=progress)
+    cosines = [c for r in result.validation for c in r.get("min_cosine", {}).values()]
+    batches = sorted({b for r in result.validation for b in r.get("batch_sizes", [])})
+    log(f"\nexported to {result.out_dir}: {', '.join(result.files)}")
+    log(f"validated {len(result.validation)} graphs against torch at batch sizes {batches}"
+        + (f": lowest output cosine {min(cosines):.7f}" if cosines else ""))
+    served = classify_images(result.out_dir, images, top_k=3)
+    log(f"top-3 predictions through ONNX Runtime for {out_dir / 'images'}:")
+    log(format_predictions(served))
+    agree = sum(a[1][0][0] == b[1][0][0] for a, b in zip(torch_predictions, served, strict=True))
+    log(f"ONNX Runtime and torch agree on top-1 for {agree}/{len(served)} images")
+    return served
 
 
 def _demo_clip(out_dir: Path, seed: int) -> ClipProvider:
@@ -114,7 +131,7 @@ def run_demo(
     log(f"\ntop-3 predictions for {out_dir / 'images'} (file names carry the true class):")
     log(format_predictions(predictions))
 
-    export_and_serve(out_dir, checkpoint)
+    export_and_serve(out_dir, checkpoint, images, predictions, log, progress)
     seconds = time.perf_counter() - start
     log(f"\ndone in {seconds:.1f} s; report: {', '.join(str(p) for p in report_files.values())}")
     log(RANDOM_WEIGHTS_NOTICE)
