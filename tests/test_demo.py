@@ -43,3 +43,8 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         line = next(line for line in stdout.splitlines() if line.startswith(f"{image}: "))
         assert len(line.split(": ", 1)[1].split(", ")) == 3
     assert not [p for p in out.rglob("*") if "partial" in p.name]
+
+    # The main job: the checkpoint exported, validated against torch, and served by ONNX Runtime.
+    manifest = json.loads((out / "onnx" / "manifest.json").read_text())
+    assert manifest["validation"]["run"] and manifest["validation"]["passed"]
+    assert "ONNX Runtime and torch agree on top-1 for 10/10 images" in stdout
