@@ -6,25 +6,17 @@ Read by the runtime on a serving machine, so this module imports neither torch n
 
 from __future__ import annotations
 
-import hashlib
 import json
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from mmadapter.errors import ExportError
+from mmadapter.files import sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT_NAME = "mmadapter-onnx-export"
 FORMAT_VERSION = 1
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_versions() -> dict[str, str]:

@@ -7,7 +7,6 @@ without it (the GPU machine and the serving runtime have no open_clip).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 
 from mmadapter.config import CLIP_CONFIG_DIR, ClipSpec
 from mmadapter.errors import ConfigError
+from mmadapter.files import sha256_file
 
 _registered = False
 
@@ -31,14 +31,6 @@ def open_clip_module() -> Any:
         open_clip.add_model_config(CLIP_CONFIG_DIR)
         _registered = True
     return open_clip
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
