@@ -109,29 +109,36 @@ def export_checkpoint(
         _check_destination(Path(serving_repo), overwrite, "serving repository")
     precisions = ["fp32", "fp16"] if fp16 else ["fp32"]
     steps = 2 + 4 * len(precisions) + int(validate) + int(tensorrt) + int(serving_repo is not None) + 1
-    bar = tqdm(total=steps, desc="export", unit="step", disable=not progress, file=sys.stderr, leave=False)
+    # disable=None: no bar when stderr is not a terminal (logs, pipes), so errors stay one line there.
+    bar = tqdm(total=steps, desc="export", unit="step", disable=None if progress else True, file=sys.stderr,
+               leave=False)
 
     def step(name: str) -> None:
         bar.set_postfix_str(name)
 
-    step("load checkpoint")
-    adapter, meta = load_checkpoint(checkpoint, backend="torch")
-    clip = load_clip(meta.clip)
-    if clip.embed_dim != meta.adapter.embed_dim:
-        raise ExportError(f"adapter width {meta.adapter.embed_dim} does not match CLIP {meta.clip.model_name} "
-                          f"(embedding width {clip.embed_dim})")
-    bar.update()
-    step("class bank")
-    with torch.no_grad():
-        class_emb = clip.class_embeddings(meta.label_set.class_names, meta.label_set.templates)
-        bank = adapter.class_bank(class_emb, meta.label_set.class_names)
-    context_length = int(getattr(clip.tokenizer, "context_length", 77))
-    specs = build_specs(clip.model, adapter, bank, meta.logit_scale, clip.image_size, context_length)
-    bar.update()
+    try:  # the bar is cleared before any error is printed, so the error is the only line left
+        step("load checkpoint")
+        adapter, meta = load_checkpoint(checkpoint, backend="torch")
+        clip = load_clip(meta.clip)
+        if clip.embed_dim != meta.adapter.embed_dim:
+            raise ExportError(f"adapter width {meta.adapter.embed_dim} does not match CLIP {meta.clip.model_name} "
+                              f"(embedding width {clip.embed_dim})")
+        bar.update()
+        step("class bank")
+        with torch.no_grad():
+            class_emb = clip.class_embeddings(meta.label_set.class_names, meta.label_set.templates)
+            bank = adapter.class_bank(class_emb, meta.label_set.class_names)
+        context_length = int(getattr(clip.tokenizer, "context_length", 77))
+        specs = build_specs(clip.model, adapter, bank, meta.logit_scale, clip.image_size, context_length)
+        bar.update()
+    except BaseException:
+        bar.close()
+        raise
 
     tmp = _temp_beside(out_dir)
-    repo_tmp = _temp_beside(Path(serving_repo)) if serving_repo is not None else None
+    repo_tmp = None
     try:
+        repo_tmp = _temp_beside(Path(serving_repo)) if serving_repo is not None else None
         graphs: dict[str, Any] = {}
         fusions: dict[str, dict[str, int]] = {}
         for spec in specs:
