@@ -26,3 +26,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
         if "trt" in item.keywords and not HAS_TENSORRT:
             item.add_marker(skip_trt)
+
+# The export tests share one session-wide export (tests/export_fixtures.py); registered here once so
+# that every test module gets the same instance instead of one export per module.
+from export_fixtures import exported  # noqa: E402, F401

@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from export_fixtures import CLASS_NAMES, ExportBundle, copying_exporter, exported  # noqa: F401
+from export_fixtures import CLASS_NAMES, ExportBundle, copying_exporter
 from mmadapter.export import cli, onnx_io, validate
 from mmadapter.export.validate import COSINE_MIN, sample_images
 
@@ -42,7 +42,7 @@ def _pixels(bundle: ExportBundle, count: int, seed: int) -> torch.Tensor:
 
 # 1. Files and manifest ---------------------------------------------------------------------------------
 
-def test_export_writes_every_graph_and_manifest(exported: ExportBundle) -> None:  # noqa: F811
+def test_export_writes_every_graph_and_manifest(exported: ExportBundle) -> None:
     expected = {f"{g}{s}" for g in GRAPHS for s in SUFFIXES}
     on_disk = {p.name for p in exported.out_dir.iterdir()}
     assert on_disk == expected | {"manifest.json"}
@@ -52,7 +52,7 @@ def test_export_writes_every_graph_and_manifest(exported: ExportBundle) -> None:
     assert exported.seconds < 120, f"export took {exported.seconds:.0f} s"
 
 
-def test_manifest_hashes_io_versions_and_label_set(exported: ExportBundle) -> None:  # noqa: F811
+def test_manifest_hashes_io_versions_and_label_set(exported: ExportBundle) -> None:
     m = exported.manifest()
     assert m["format"] == "mmadapter-onnx-export" and m["format_version"] == 1
     for name, entry in m["files"].items():  # sha256 recomputed here, independently of the package
@@ -91,7 +91,7 @@ def test_manifest_hashes_io_versions_and_label_set(exported: ExportBundle) -> No
     assert io["outputs"][0] == {"name": "logits", "dtype": "float32", "shape": ["batch", N]}
 
 
-def test_manifest_validation_results(exported: ExportBundle) -> None:  # noqa: F811
+def test_manifest_validation_results(exported: ExportBundle) -> None:
     v = exported.manifest()["validation"]
     assert v["run"] is True and v["passed"] is True
     files = {r["file"] for r in v["reports"]}
@@ -106,7 +106,7 @@ def test_manifest_validation_results(exported: ExportBundle) -> None:  # noqa: F
     assert v["reports"] == exported.result.validation
 
 
-def test_portable_graphs_use_standard_ops_and_dtypes(exported: ExportBundle) -> None:  # noqa: F811
+def test_portable_graphs_use_standard_ops_and_dtypes(exported: ExportBundle) -> None:
     """What TensorRT's ONNX parser and Triton get: the standard domain only, no float64 tensors."""
     for g in GRAPHS:
         for suffix in (".onnx", ".fp16.onnx"):
@@ -119,7 +119,7 @@ def test_portable_graphs_use_standard_ops_and_dtypes(exported: ExportBundle) -> 
                 assert onnx.TensorProto.FLOAT16 in dtypes, f"{path.name} has no fp16 weights"
 
 
-def test_fp16_graphs_keep_layernorm_and_softmax_in_fp32(exported: ExportBundle) -> None:  # noqa: F811
+def test_fp16_graphs_keep_layernorm_and_softmax_in_fp32(exported: ExportBundle) -> None:
     for g in ("image_classifier", "text_encoder", "adapter_head"):
         model = onnx.load(str(exported.out_dir / f"{g}.fp16.onnx"))
         del model.graph.value_info[:]  # the fp16 converter leaves stale fp32 value_info; infer afresh
@@ -137,7 +137,7 @@ def test_fp16_graphs_keep_layernorm_and_softmax_in_fp32(exported: ExportBundle) 
 # 2. ONNX Runtime against the torch model ---------------------------------------------------------------
 
 @pytest.mark.parametrize("batch", BATCHES)
-def test_image_classifier_matches_torch(exported: ExportBundle, batch: int) -> None:  # noqa: F811
+def test_image_classifier_matches_torch(exported: ExportBundle, batch: int) -> None:
     """Reference: clip.encode_images + the adapter with the checkpoint's class bank (torch fast path).
     Tolerance: embedding cosine >= 0.99999 (fp32) / 0.999 (fp16), logits within 1e-4 x max |logit|
     in fp32, identical top-1."""
@@ -161,7 +161,7 @@ def test_image_classifier_matches_torch(exported: ExportBundle, batch: int) -> N
 
 
 @pytest.mark.parametrize("num_classes", [1, 11, 40])
-def test_adapter_head_with_a_new_label_set(exported: ExportBundle, num_classes: int) -> None:  # noqa: F811
+def test_adapter_head_with_a_new_label_set(exported: ExportBundle, num_classes: int) -> None:
     """Open vocabulary without re-export: class banks of other sizes than the exported N=7, built in
     torch and by the class_bank graph, give the torch fast path's logits (fp32: atol 1e-4 x max)."""
     clip, adapter, meta = exported.clip, exported.adapter, exported.meta
@@ -187,7 +187,7 @@ def test_adapter_head_with_a_new_label_set(exported: ExportBundle, num_classes: 
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-def test_text_encoder_matches_clip(exported: ExportBundle, batch: int) -> None:  # noqa: F811
+def test_text_encoder_matches_clip(exported: ExportBundle, batch: int) -> None:
     """Reference: clip.encode_texts. Tolerance: cosine >= 0.99999 fp32 / 0.999 fp16, unit norm."""
     texts = [f"a photo of {'a very ' * (i % 3)}strange object number {i}." for i in range(batch)]
     ref = exported.clip.encode_texts(texts).numpy()
@@ -212,7 +212,7 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list[int | str]]:
     return out
 
 
-def test_no_quadratic_class_attention(exported: ExportBundle) -> None:  # noqa: F811
+def test_no_quadratic_class_attention(exported: ExportBundle) -> None:
     """The fast path attends from one query over N keys: no tensor anywhere has two class-sized axes
     ([N+1, N+1] or [N, N]), no attention op, and every Softmax runs over a single class axis."""
     for suffix in (".onnx", ".ort.onnx"):
@@ -238,7 +238,7 @@ def test_no_quadratic_class_attention(exported: ExportBundle) -> None:  # noqa: 
                     assert isinstance(shape[-1], str) and "num_classes" in shape[-1], shape
 
 
-def test_dynamic_axes_are_named(exported: ExportBundle) -> None:  # noqa: F811
+def test_dynamic_axes_are_named(exported: ExportBundle) -> None:
     expected = {
         "image_classifier": ({"pixels": ["batch", 3, 64, 64]},
                              {"logits": ["batch", N], "image_embedding": ["batch", 512]}),
@@ -280,7 +280,7 @@ def test_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     _no_leftovers(tmp_path)
 
 
-def test_truncated_checkpoint(exported: ExportBundle, tmp_path: Path,  # noqa: F811
+def test_truncated_checkpoint(exported: ExportBundle, tmp_path: Path,
                               capsys: pytest.CaptureFixture[str]) -> None:
     data = exported.checkpoint.read_bytes()
     for cut in (5, len(data) // 2, len(data) - 1):
@@ -294,7 +294,7 @@ def test_truncated_checkpoint(exported: ExportBundle, tmp_path: Path,  # noqa: F
     _no_leftovers(tmp_path)
 
 
-def test_non_empty_output_folder_needs_overwrite(exported: ExportBundle, tmp_path: Path,  # noqa: F811
+def test_non_empty_output_folder_needs_overwrite(exported: ExportBundle, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -310,7 +310,7 @@ def test_non_empty_output_folder_needs_overwrite(exported: ExportBundle, tmp_pat
     assert "not a folder" in _one_error_line(capsys.readouterr().err)
 
 
-def test_validation_failure_leaves_old_export_untouched(exported: ExportBundle, tmp_path: Path,  # noqa: F811
+def test_validation_failure_leaves_old_export_untouched(exported: ExportBundle, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     export_graph, optimize = copying_exporter(exported)
@@ -330,7 +330,7 @@ def test_validation_failure_leaves_old_export_untouched(exported: ExportBundle, 
     _no_leftovers(tmp_path)
 
 
-def test_tampered_graph_fails_validation(exported: ExportBundle, tmp_path: Path,  # noqa: F811
+def test_tampered_graph_fails_validation(exported: ExportBundle, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A graph that computes something else (the adapter's weights perturbed) is caught by values."""
     export_graph, optimize = copying_exporter(exported)
@@ -359,7 +359,7 @@ def test_tampered_graph_fails_validation(exported: ExportBundle, tmp_path: Path,
     _no_leftovers(tmp_path)
 
 
-def test_interrupt_half_way_leaves_nothing(exported: ExportBundle, tmp_path: Path,  # noqa: F811
+def test_interrupt_half_way_leaves_nothing(exported: ExportBundle, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     export_graph, optimize = copying_exporter(exported)
@@ -382,7 +382,7 @@ def test_interrupt_half_way_leaves_nothing(exported: ExportBundle, tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no out, no repo, no temporary folders
 
 
-def test_bad_opset_and_profile(exported: ExportBundle, tmp_path: Path,  # noqa: F811
+def test_bad_opset_and_profile(exported: ExportBundle, tmp_path: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     assert cli.main(["--checkpoint", str(exported.checkpoint), "--out", str(out), "--quiet", "--opset", "12"]) == 1

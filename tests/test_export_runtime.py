@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from export_fixtures import CLASS_NAMES, ExportBundle, exported  # noqa: F401
+from export_fixtures import CLASS_NAMES, ExportBundle
 from mmadapter.export import runtime
 from mmadapter.export.preprocess import Preprocessing, load_image, preprocess_batch, preprocess_image
 from mmadapter.export.runtime import ExportedModel, Session, classify_images, resolve_providers
@@ -38,7 +38,7 @@ def png_folder(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return paths
 
 
-def test_classify_images_matches_torch_predict(exported: ExportBundle, png_folder: list[Path]) -> None:  # noqa: F811
+def test_classify_images_matches_torch_predict(exported: ExportBundle, png_folder: list[Path]) -> None:
     """ONNX Runtime with numpy preprocessing vs mmadapter.predict (open_clip preprocess + torch):
     identical top-1 on every image; top-3 probabilities within 1e-4."""
     served = classify_images(exported.out_dir, png_folder, top_k=3, batch_size=5)  # 5 does not divide 12
@@ -61,7 +61,7 @@ def test_classify_images_matches_torch_predict(exported: ExportBundle, png_folde
 
 @pytest.mark.parametrize("size", [(1, 1), (63, 65), (65, 63), (301, 17), (17, 301), (64, 64), (127, 33), (64, 200)])
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
-def test_numpy_preprocessing_matches_open_clip(exported: ExportBundle, size: tuple[int, int],  # noqa: F811
+def test_numpy_preprocessing_matches_open_clip(exported: ExportBundle, size: tuple[int, int],
                                                mode: str) -> None:
     rng = np.random.default_rng(size[0] * 1000 + size[1])
     arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
@@ -73,7 +73,7 @@ def test_numpy_preprocessing_matches_open_clip(exported: ExportBundle, size: tup
     np.testing.assert_allclose(ours, ref, rtol=0, atol=PREPROCESS_ATOL)
 
 
-def test_preprocessing_spec_round_trip_and_errors(exported: ExportBundle) -> None:  # noqa: F811
+def test_preprocessing_spec_round_trip_and_errors(exported: ExportBundle) -> None:
     spec = Preprocessing.from_dict(exported.manifest()["preprocessing"])
     assert Preprocessing.from_dict(spec.to_dict()) == spec
     assert preprocess_batch([], spec).shape == (0, 3, 64, 64)
@@ -112,7 +112,7 @@ def test_resolve_providers_order_with_gpu_build(monkeypatch: pytest.MonkeyPatch)
         assert resolve_providers(None) == [CUDA, CPU]  # the default asks for nothing: no warning
 
 
-def test_session_reports_the_providers_it_really_got(exported: ExportBundle,  # noqa: F811
+def test_session_reports_the_providers_it_really_got(exported: ExportBundle,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     path = exported.out_dir / "adapter_head.ort.onnx"
     sess = Session(path, ["cpu"])
@@ -128,7 +128,7 @@ def test_session_reports_the_providers_it_really_got(exported: ExportBundle,  # 
     assert fallback.providers == [CPU] and not fallback.on_gpu
 
 
-def test_session_batches_only_the_batch_inputs(exported: ExportBundle) -> None:  # noqa: F811
+def test_session_batches_only_the_batch_inputs(exported: ExportBundle) -> None:
     """adapter_head in chunks of 2 images with the whole class bank each time equals one call."""
     rng = np.random.default_rng(0)
     n, c, d = 9, exported.clip.embed_dim, exported.adapter.config.bottleneck_dim
@@ -150,7 +150,7 @@ def test_session_batches_only_the_batch_inputs(exported: ExportBundle) -> None: 
         sess.run({**feeds, "image_emb": feeds["image_emb"][:0]})
 
 
-def test_fp16_serving_agrees_with_fp32(exported: ExportBundle, png_folder: list[Path]) -> None:  # noqa: F811
+def test_fp16_serving_agrees_with_fp32(exported: ExportBundle, png_folder: list[Path]) -> None:
     spec = Preprocessing.from_dict(exported.manifest()["preprocessing"])
     pixels = preprocess_batch([load_image(p) for p in png_folder], spec)
     out32 = ExportedModel(exported.out_dir, ["cpu"]).classify_pixels(pixels)
@@ -167,7 +167,7 @@ def _one_line(exc: BaseException) -> str:
     return text
 
 
-def test_corrupt_and_missing_images_are_one_line_errors(exported: ExportBundle, png_folder: list[Path],  # noqa: F811
+def test_corrupt_and_missing_images_are_one_line_errors(exported: ExportBundle, png_folder: list[Path],
                                                         tmp_path: Path) -> None:
     not_an_image = tmp_path / "text.png"
     not_an_image.write_bytes(b"this is not a PNG file at all")
@@ -182,7 +182,7 @@ def test_corrupt_and_missing_images_are_one_line_errors(exported: ExportBundle, 
         assert bad.name in _one_line(info.value)
 
 
-def test_tampered_or_missing_export_files(exported: ExportBundle, tmp_path: Path,  # noqa: F811
+def test_tampered_or_missing_export_files(exported: ExportBundle, tmp_path: Path,
                                           png_folder: list[Path]) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(exported.out_dir, copy)
@@ -213,7 +213,7 @@ def test_tampered_or_missing_export_files(exported: ExportBundle, tmp_path: Path
         classify_images(tmp_path / "nowhere", png_folder[:1])
 
 
-def test_runtime_imports_and_serves_without_torch(exported: ExportBundle, png_folder: list[Path]) -> None:  # noqa: F811
+def test_runtime_imports_and_serves_without_torch(exported: ExportBundle, png_folder: list[Path]) -> None:
     """What `pip install mmadapter[runtime]` gives: numpy, pillow, onnxruntime; torch and open_clip
     blocked (importing them raises ImportError), and the same top-1 as in-process."""
     code = f"""

@@ -11,7 +11,7 @@ from typing import Any
 
 import onnx
 import pytest
-from export_fixtures import ExportBundle, exported  # noqa: F401
+from export_fixtures import ExportBundle
 from mmadapter.export.serving import config_pbtxt, write_model_repository
 
 GRAPHS = {"image_classifier", "text_encoder", "class_bank", "adapter_head"}
@@ -109,7 +109,7 @@ def _io(model: onnx.ModelProto) -> dict[str, list[tuple[str, str, list[int | str
     return {"input": [one(v) for v in model.graph.input], "output": [one(v) for v in model.graph.output]}
 
 
-def test_repository_layout(exported: ExportBundle) -> None:  # noqa: F811
+def test_repository_layout(exported: ExportBundle) -> None:
     repo = exported.serving_repo
     assert exported.result.serving_repo == repo
     assert {p.name for p in repo.iterdir()} == GRAPHS
@@ -124,7 +124,7 @@ def test_repository_layout(exported: ExportBundle) -> None:  # noqa: F811
 
 
 @pytest.mark.parametrize("graph", sorted(GRAPHS))
-def test_config_matches_onnx_graph(exported: ExportBundle, graph: str) -> None:  # noqa: F811
+def test_config_matches_onnx_graph(exported: ExportBundle, graph: str) -> None:
     folder = exported.serving_repo / graph
     cfg = parse_pbtxt((folder / "config.pbtxt").read_text())
     model = onnx.load(str(folder / "1" / "model.onnx"))
@@ -149,7 +149,7 @@ def test_config_matches_onnx_graph(exported: ExportBundle, graph: str) -> None: 
     assert graph != "adapter_head" or not batchable  # the class bank has no request batch axis
 
 
-def test_tensorrt_models_in_repository(exported: ExportBundle, tmp_path: Path) -> None:  # noqa: F811
+def test_tensorrt_models_in_repository(exported: ExportBundle, tmp_path: Path) -> None:
     """With engines in the manifest, each graph also gets a ``<graph>_trt`` model (tensorrt_plan,
     1/model.plan, on the GPU); written here with a fake engine file, since TensorRT is absent."""
     export_dir = tmp_path / "export"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from export_fixtures import ExportBundle, copying_exporter, exported  # noqa: F401
+from export_fixtures import ExportBundle, copying_exporter
 from mmadapter.export import cli, onnx_io
 from mmadapter.export import tensorrt as trt_mod
 from mmadapter.export.manifest import sha256_file
@@ -134,7 +134,7 @@ def test_module_uses_only_current_tensorrt_api() -> None:
 
 @pytest.mark.skipif(trt_mod.cuda_gpu() is not None and tensorrt_unavailable_reason() is None,
                     reason="TensorRT and a GPU are present: --tensorrt builds engines here")
-def test_tensorrt_flag_without_tensorrt_writes_onnx_and_fails(exported: ExportBundle, tmp_path: Path,  # noqa: F811
+def test_tensorrt_flag_without_tensorrt_writes_onnx_and_fails(exported: ExportBundle, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     export_graph, optimize = copying_exporter(exported)
@@ -156,7 +156,7 @@ def test_tensorrt_flag_without_tensorrt_writes_onnx_and_fails(exported: ExportBu
 
 @pytest.mark.trt
 @pytest.mark.gpu
-def test_engines_match_onnx_runtime(exported: ExportBundle, tmp_path: Path) -> None:  # noqa: F811
+def test_engines_match_onnx_runtime(exported: ExportBundle, tmp_path: Path) -> None:
     """Build fp32 engines from the portable graphs, load them through the sidecar check and compare
     with ONNX Runtime at batch 3 (cosine >= 0.99999 on the embeddings, identical top-1); a second
     build with the same inputs is a cache hit."""
