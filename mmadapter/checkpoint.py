@@ -7,6 +7,7 @@ Loading checks everything and turns every problem into a one-line :class:`Checkp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
@@ -164,6 +165,11 @@ def load_checkpoint(
         meta = CheckpointMeta.from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} has invalid metadata: {exc}") from None
+    if meta.clip.weights_path and not Path(meta.clip.weights_path).is_absolute():
+        # A relative CLIP weights path is relative to the checkpoint's folder, so that a folder
+        # holding both (the demo's) can be moved; the recorded sha256 still pins the content.
+        resolved = str((path.parent / meta.clip.weights_path).resolve())
+        meta = dataclasses.replace(meta, clip=dataclasses.replace(meta.clip, weights_path=resolved))
     if clip_embed_dim is not None and clip_embed_dim != meta.adapter.embed_dim:
         raise CheckpointError(
             f"{path}: adapter width {meta.adapter.embed_dim} does not match the CLIP model "

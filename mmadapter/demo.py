@@ -121,6 +121,9 @@ def run_demo(
     base = tuple(report.info["base_classes"])
     meta = checkpoint_meta(provider, report.heads["mma"].config, clip.logit_scale, base, dataset.template,
                            train_config, {**report.results["mma"], **report.training["mma"]}, dataset.name)
+    # The weights file lies beside the checkpoint: refer to it relatively, so the folder can move
+    # (the sha256 still pins the content).
+    meta = replace(meta, clip=replace(meta.clip, weights_path="clip-weights.safetensors"))
     checkpoint = save_checkpoint(out_dir / "adapter.safetensors", report.heads["mma"], meta)
     log(f"checkpoint: {checkpoint} (label set: {', '.join(base)}; CLIP weights by path + sha256)")
 

@@ -48,3 +48,13 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     manifest = json.loads((out / "onnx" / "manifest.json").read_text())
     assert manifest["validation"]["run"] and manifest["validation"]["passed"]
     assert "ONNX Runtime and torch agree on top-1 for 10/10 images" in stdout
+
+
+def test_demo_folder_can_move(tmp_path: Path) -> None:
+    """The demo checkpoint refers to its CLIP weights relative to itself, so the folder can move."""
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--no-progress"]) == 0
+    moved = out.rename(tmp_path / "moved")
+    _, meta = load_checkpoint(moved / "adapter.safetensors")
+    assert Path(str(meta.clip.weights_path)) == (moved / "clip-weights.safetensors").resolve()
+    assert cli.main(["predict", "--checkpoint", str(moved / "adapter.safetensors"), str(moved / "images")]) == 0
