@@ -15,6 +15,8 @@ def build_parser(prog: str = "export.py") -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True, help="adapter checkpoint (.safetensors)")
     p.add_argument("--out", type=Path, required=True, help="output folder (must be empty unless --overwrite)")
     p.add_argument("--fp16", action="store_true", help="also write fp16 graphs (fp32 LayerNorm/softmax, fp32 I/O)")
+    p.add_argument("--int8", action="store_true", help="also write an int8 image classifier for ONNX Runtime on CPU "
+                   "(dynamic quantization of the image tower's transformer blocks; validated, see README)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 17-23 (default 18)")
     p.add_argument("--no-validate", dest="validate", action="store_false", help="skip validation against torch")
     p.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (needs TensorRT and a GPU)")
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         from mmadapter.export.tensorrt import BatchProfile
 
         result = export_checkpoint(
-            args.checkpoint, args.out, fp16=args.fp16, opset=args.opset, validate=args.validate,
+            args.checkpoint, args.out, fp16=args.fp16, int8=args.int8, opset=args.opset, validate=args.validate,
             overwrite=args.overwrite, tensorrt=args.tensorrt,
             profile=BatchProfile(args.min_batch, args.opt_batch, args.max_batch), max_classes=args.max_classes,
             serving_repo=args.serving_repo, providers=args.providers, progress=not args.quiet,

@@ -83,6 +83,7 @@ def export_checkpoint(
     out_dir: Path,
     *,
     fp16: bool = False,
+    int8: bool = False,
     opset: int = onnx_io.DEFAULT_OPSET,
     validate: bool = True,
     overwrite: bool = False,
@@ -107,7 +108,7 @@ def export_checkpoint(
     _check_destination(out_dir, overwrite, "output folder")
     if serving_repo is not None:
         _check_destination(Path(serving_repo), overwrite, "serving repository")
-    precisions = ["fp32", "fp16"] if fp16 else ["fp32"]
+    precisions = ["fp32"] + ["fp16"] * fp16 + ["int8"] * int8
     steps = 2 + 4 * len(precisions) + int(validate) + int(tensorrt) + int(serving_repo is not None) + 1
     # disable=None: no bar when stderr is not a terminal (logs, pipes), so errors stay one line there.
     bar = tqdm(total=steps, desc="export", unit="step", disable=None if progress else True, file=sys.stderr,
@@ -151,6 +152,13 @@ def export_checkpoint(
                 onnx_io.to_fp16(portable, tmp / files["fp16"]["portable"])
                 # fp16 after fusion, as ONNX Runtime recommends: the fused ops get fp16 kernels.
                 onnx_io.to_fp16(tmp / files["fp32"]["ort"], tmp / files["fp16"]["ort"])
+            int8_matmuls = 0
+            if int8 and spec.int8_scopes:
+                # From the fused graph: the quantizer keeps ORT's fusions. No portable int8 file:
+                # its DynamicQuantize/MatMulInteger ops are for ONNX Runtime on CPU, not TensorRT.
+                files["int8"] = {"ort": f"{spec.name}.int8.ort.onnx"}
+                int8_matmuls = onnx_io.quantize_int8(tmp / files["fp32"]["ort"], tmp / files["int8"]["ort"],
+                                                     spec.int8_scopes)
             graphs[spec.name] = {
                 "description": spec.description,
                 "batchable": spec.batchable,
@@ -158,6 +166,7 @@ def export_checkpoint(
                 "io": {"inputs": [t.to_dict() for t in spec.inputs], "outputs": [t.to_dict() for t in spec.outputs]},
                 "files": files,
                 "ort_fusions": fusions[spec.name],
+                **({"int8_matmuls": int8_matmuls} if int8_matmuls else {}),
             }
             bar.update(len(precisions))
 

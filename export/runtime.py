@@ -140,9 +140,13 @@ class ExportedModel:
             raise ExportError(f"{self.folder} has no graph {graph!r}; it has {sorted(self.manifest['graphs'])}")
         files = entry["files"].get(self.precision)
         if files is None:
-            raise ExportError(f"{self.folder} has no {self.precision} {graph} (export with --fp16 for fp16 graphs)")
+            raise ExportError(f"{self.folder} has no {self.precision} {graph} (export with --{self.precision} for "
+                              f"{self.precision} graphs; int8 exists for the image classifier only)")
         # TensorRT's parser takes standard ONNX ops only; other providers get the fused graph.
         kind = "portable" if provider == PROVIDER_ORDER[0] else "ort"
+        if kind not in files:
+            raise ExportError(f"{self.precision} graphs run on ONNX Runtime's CPU provider, not TensorRT: "
+                              "choose fp32 or fp16, or --providers cpu")
         return verified_file(self.folder, self.manifest, files[kind])
 
     def session(self, graph: str) -> Session:
@@ -165,13 +169,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def classify_images(
     onnx_dir: Path, image_paths: list[Path], top_k: int = 5, *, providers: Sequence[str] | None = None,
-    batch_size: int = 32,
+    batch_size: int = 32, precision: str = "fp32",
 ) -> list[tuple[Path, list[tuple[str, float]]]]:
     """Top-k (class name, probability) per image, probabilities from the softmax of the logits
     over the exported label set. Any unreadable image is one DataError naming it."""
     if top_k < 1:
         raise DataError(f"top_k must be at least 1, got {top_k}")
-    model = ExportedModel(onnx_dir, providers)
+    model = ExportedModel(onnx_dir, providers, precision)
     results: list[tuple[Path, list[tuple[str, float]]]] = []
     k = min(top_k, len(model.class_names))
     for start in range(0, len(image_paths), batch_size):

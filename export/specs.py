@@ -57,6 +57,11 @@ class GraphSpec:
     description: str = ""
     # Whether the leading axis is a per-request batch that Triton may batch dynamically.
     batchable: bool = True
+    # Torch module scopes whose weight MatMuls an int8 export quantizes (the image tower's transformer
+    # blocks). Empty: no int8 variant. The per-request hot path is the image classifier; the text
+    # tower runs once per label set and lost more (cosine 0.9997 on the tiny test model), and the
+    # adapter graphs are small and feed the logits directly.
+    int8_scopes: tuple[str, ...] = ()
     metadata: dict[str, object] = field(default_factory=dict)
 
     def dynamic_shapes(self) -> tuple[dict[int, torch.export.Dim], ...]:
@@ -186,6 +191,7 @@ def build_specs(
             (TensorSpec("logits", f32, (BATCH, n)), TensorSpec("image_embedding", f32, (BATCH, c))),
             pixels,
             "preprocessed pixels -> logits over the checkpoint's label set and the adapted image embedding",
+            int8_scopes=("visual.transformer",),
         ),
         GraphSpec(
             "text_encoder",

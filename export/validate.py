@@ -5,7 +5,8 @@ dtypes first, then values). Values are compared against the *torch model* (open_
 and :class:`MultiModalAdapter` with a class bank), not against the wrapper that was traced, on
 real preprocessed images made here (PIL images through the model's own preprocess), at batch sizes
 other than the exported one. Thresholds (DESIGN.md section 4): embedding cosine >= 0.99999 in fp32
-and >= 0.999 in fp16; top-1 identical on >= 99.9% of inputs.
+and >= 0.999 in fp16; top-1 identical on >= 99.9% of inputs. int8 graphs (opt-in, CPU serving) are
+held to the fp16 cosine, and their top-1 check skips near ties (see :data:`TIE_MARGIN`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ from mmadapter.adapter import ClassBank, MultiModalAdapter
 from mmadapter.backbone import FrozenClip, format_prompt
 
 VALIDATION_BATCHES = (1, 3, 17)
-COSINE_MIN = {"fp32": 0.99999, "fp16": 0.999}
+COSINE_MIN = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.999}
 TOP1_MIN = 0.999
+# int8 moves CLIP-scale logits by ~0.1-0.2 (ViT-B-16, measured), so an input on which torch's best two
+# classes lie closer than this share of the largest |logit| (0.5 of 100) is a near tie: a flip there
+# is counted in ``near_ties``, not failed. fp32/fp16 count every input.
+TIE_MARGIN = {"fp32": 0.0, "fp16": 0.0, "int8": 0.005}
 LOGITS_ATOL_FP32 = 1e-4  # relative to the largest reference logit (CLIP's scale makes them ~100)
 
 
@@ -46,6 +51,7 @@ class GraphReport:
     min_cosine: dict[str, float] = field(default_factory=dict)
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     top1_agreement: float | None = None
+    near_ties: int = 0
     batch_sizes: list[int] = field(default_factory=list)
 
     @property
@@ -56,8 +62,9 @@ class GraphReport:
         return {
             "file": self.file, "precision": self.precision, "passed": self.passed, "failures": self.failures,
             "min_cosine": self.min_cosine, "max_abs_diff": self.max_abs_diff,
-            "top1_agreement": self.top1_agreement, "batch_sizes": self.batch_sizes,
-            "thresholds": {"cosine": COSINE_MIN[self.precision], "top1": TOP1_MIN},
+            "top1_agreement": self.top1_agreement, "near_ties": self.near_ties, "batch_sizes": self.batch_sizes,
+            "thresholds": {"cosine": COSINE_MIN[self.precision], "top1": TOP1_MIN,
+                           "tie_margin": TIE_MARGIN[self.precision]},
         }
 
 
@@ -165,6 +172,14 @@ def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return num / np.maximum(den, 1e-30)
 
 
+def _top2_margin(logits: np.ndarray) -> np.ndarray:
+    """Best minus second-best logit per row (infinite with a single class)."""
+    if logits.shape[-1] < 2:
+        return np.full(logits.shape[0], np.inf)
+    top2 = np.partition(logits, -2, axis=-1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
 def _shape_matches(actual: Sequence[Any], declared: Sequence[int | str]) -> bool:
     if len(actual) != len(declared):
         return False
@@ -223,8 +238,10 @@ def validate_graph(
             diff = float(np.abs(out.astype(np.float64) - ref).max())
             report.max_abs_diff[name] = max(report.max_abs_diff.get(name, 0.0), diff)
             if name == "logits":
-                agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
-                seen += out.shape[0]
+                decisive = _top2_margin(ref) > TIE_MARGIN[precision] * max(1.0, float(np.abs(ref).max()))
+                report.near_ties += int((~decisive).sum())
+                agree += int((out.argmax(-1) == ref.argmax(-1))[decisive].sum())
+                seen += int(decisive.sum())
                 tol = LOGITS_ATOL_FP32 * max(1.0, float(np.abs(ref).max()))
                 if precision == "fp32" and diff > tol:
                     fail(f"{path.name} [{case.label}]: logits differ from torch by {diff:.3g} > {tol:.3g}")

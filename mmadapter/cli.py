@@ -101,7 +101,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             from mmadapter.export.runtime import classify_images
         except ImportError as exc:
             raise DataError(f"ONNX prediction is unavailable ({exc}); install 'mmadapter[runtime]'") from None
-        predictions = classify_images(args.onnx, images, args.top_k)
+        predictions = classify_images(args.onnx, images, args.top_k, precision=args.precision)
     else:
         classes = parse_class_list(args.classes) if args.classes is not None else None
         predictions = predict_images(args.checkpoint, images, args.top_k, classes, device=args.device)
@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--classes", help="comma-separated class names or a file with one per line (open vocabulary)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="which exported graphs --onnx serves (fp16/int8 need export --fp16/--int8)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="the whole path offline on a tiny random CLIP and the digits dataset")

@@ -1,5 +1,6 @@
 """Session-scoped export of a tiny random CLIP + a "trained" (non-initial) adapter, shared by the
-export tests: one checkpoint, one export with --fp16 (fp32 and fp16 graphs) and a Triton model repository."""
+export tests: one checkpoint, one export with --fp16 --int8 (fp32, fp16 and int8 graphs) and a
+Triton model repository."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> ExportBundle:
     root = tmp_path_factory.mktemp("export")
     ckpt, clip, adapter, meta = make_checkpoint(root)
     start = time.perf_counter()
-    result = export_checkpoint(ckpt, root / "onnx", fp16=True, serving_repo=root / "triton", progress=False)
+    result = export_checkpoint(ckpt, root / "onnx", fp16=True, int8=True, serving_repo=root / "triton", progress=False)
     seconds = time.perf_counter() - start
     return ExportBundle(ckpt, clip, adapter, meta, root / "onnx", root / "triton", result, seconds)
 

@@ -121,8 +121,8 @@ def test_predict_onnx_uses_the_runtime_and_prints_alike(trained: dict[str, Path]
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     calls = []
 
-    def classify_images(onnx_dir: Path, image_paths: list[Path], top_k: int):
-        calls.append((onnx_dir, top_k))
+    def classify_images(onnx_dir: Path, image_paths: list[Path], top_k: int, precision: str):
+        calls.append((onnx_dir, top_k, precision))
         return [(p, [("ant", 0.75), ("bee", 0.25)][:top_k]) for p in image_paths]
 
     fake = types.ModuleType("mmadapter.export.runtime")
@@ -130,7 +130,7 @@ def test_predict_onnx_uses_the_runtime_and_prints_alike(trained: dict[str, Path]
     monkeypatch.setitem(sys.modules, "mmadapter.export.runtime", fake)
     image = trained["data"] / "ant" / "001.png"
     assert cli.main(["predict", "--onnx", "exported", str(image), "--top-k", "2"]) == 0
-    assert calls == [(Path("exported"), 2)]
+    assert calls == [(Path("exported"), 2, "fp32")]
     assert capsys.readouterr().out.strip() == f"{image}: ant (0.750), bee (0.250)"
     assert cli.main(["predict", str(image)]) == 2  # neither --checkpoint nor --onnx
     assert "exactly one of" in _error_line(capsys)

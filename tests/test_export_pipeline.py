@@ -22,6 +22,8 @@ import mmadapter
 
 GRAPHS = ("image_classifier", "text_encoder", "class_bank", "adapter_head")
 SUFFIXES = (".onnx", ".ort.onnx", ".fp16.onnx", ".fp16.ort.onnx")
+INT8_GRAPHS = ("image_classifier",)  # the image tower only (tests/test_export_int8.py)
+ALL_FILES = {f"{g}{s}" for g in GRAPHS for s in SUFFIXES} | {f"{g}.int8.ort.onnx" for g in INT8_GRAPHS}
 BATCHES = (1, 3, 17)  # the graphs were traced at batch 2
 ROOT = Path(__file__).resolve().parents[1]
 N = len(CLASS_NAMES)
@@ -43,7 +45,7 @@ def _pixels(bundle: ExportBundle, count: int, seed: int) -> torch.Tensor:
 # 1. Files and manifest ---------------------------------------------------------------------------------
 
 def test_export_writes_every_graph_and_manifest(exported: ExportBundle) -> None:
-    expected = {f"{g}{s}" for g in GRAPHS for s in SUFFIXES}
+    expected = ALL_FILES
     on_disk = {p.name for p in exported.out_dir.iterdir()}
     assert on_disk == expected | {"manifest.json"}
     assert set(exported.result.files) == expected
@@ -95,7 +97,7 @@ def test_manifest_validation_results(exported: ExportBundle) -> None:
     v = exported.manifest()["validation"]
     assert v["run"] is True and v["passed"] is True
     files = {r["file"] for r in v["reports"]}
-    assert files == {f"{g}{s}" for g in GRAPHS for s in SUFFIXES}  # every file was validated
+    assert files == ALL_FILES  # every file was validated
     for r in v["reports"]:
         assert r["passed"] and not r["failures"], r
         assert r["batch_sizes"] == list(BATCHES), r["file"]
