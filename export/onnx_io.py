@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import heapq
 import io
 import logging
 import warnings
@@ -102,8 +103,43 @@ def to_fp16(src: Path, dst: Path) -> Path:
     model = onnx.load(str(src))
     with _quiet():
         half = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP32_OPS)
+    # The converter appends the input casts after their consumers; ONNX requires topological order
+    # (onnx.checker rejects the file otherwise). Its stale fp32 value_info entries are kept on
+    # purpose: with them corrected, ONNX Runtime 1.32's NchwcTransformer segfaults while loading the
+    # fp16 text encoder (ORT_ENABLE_ALL), and the runtimes infer types themselves anyway.
+    _toposort(half.graph)
     onnx.save(half, str(dst))
     return dst
+
+
+def _toposort(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` so every node follows the producers of its inputs (Kahn's algorithm,
+    ties kept in file order)."""
+    available = {t.name for t in graph.input} | {t.name for t in graph.initializer} | {""}
+    nodes = list(graph.node)
+    producer = {out: i for i, n in enumerate(nodes) for out in n.output}
+    missing = [0] * len(nodes)
+    consumers: dict[int, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for name in set(n.input) - available:
+            if name not in producer:
+                raise ExportError(f"graph {graph.name!r}: input {name!r} of node {n.name!r} is never produced")
+            missing[i] += 1
+            consumers.setdefault(producer[name], []).append(i)
+    ready = [i for i, m in enumerate(missing) if m == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(nodes[i])
+        for j in consumers.get(i, []):
+            missing[j] -= 1
+            if missing[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(nodes):
+        raise ExportError(f"graph {graph.name!r} has a cycle")
+    del graph.node[:]
+    graph.node.extend(order)
 
 
 def optimize_for_ort(src: Path, dst: Path) -> dict[str, int]:

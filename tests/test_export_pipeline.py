@@ -19,6 +19,7 @@ from mmadapter.export import cli, onnx_io, validate
 from mmadapter.export.validate import COSINE_MIN, sample_images
 
 import mmadapter
+from mmadapter.errors import ExportError
 
 GRAPHS = ("image_classifier", "text_encoder", "class_bank", "adapter_head")
 SUFFIXES = (".onnx", ".ort.onnx", ".fp16.onnx", ".fp16.ort.onnx")
@@ -134,6 +135,37 @@ def test_fp16_graphs_keep_layernorm_and_softmax_in_fp32(exported: ExportBundle) 
                 assert types.get(node.input[0]) == onnx.TensorProto.FLOAT, f"{g}: {node.op_type} {node.name} in fp16"
                 checked += 1
         assert checked, g
+
+
+def test_every_graph_passes_the_onnx_checker(exported: ExportBundle) -> None:
+    """Topological node order and well-formed files (the fp16 converter appends its input casts
+    after their consumers; export sorts them)."""
+    for name in ALL_FILES:
+        model = onnx.load(str(exported.out_dir / name))
+        onnx.checker.check_model(model)
+        produced = {t.name for t in (*model.graph.input, *model.graph.initializer)} | {""}
+        for node in model.graph.node:
+            assert set(node.input) <= produced, f"{name}: {node.name} comes before its inputs"
+            produced.update(node.output)
+
+
+def test_toposort_orders_and_rejects_cycles() -> None:
+    from onnx import helper
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    nodes = [helper.make_node("Neg", ["b"], ["y"], name="last"), helper.make_node("Relu", ["a"], ["b"], name="mid"),
+             helper.make_node("Abs", ["x"], ["a"], name="first")]
+    graph = helper.make_graph(nodes, "g", [x], [y])
+    onnx_io._toposort(graph)
+    assert [n.name for n in graph.node] == ["first", "mid", "last"]
+    cyclic = helper.make_graph([helper.make_node("Neg", ["b"], ["a"], name="p"),
+                                helper.make_node("Neg", ["a"], ["b"], name="q")], "c", [x], [y])
+    with pytest.raises(ExportError, match="cycle"):
+        onnx_io._toposort(cyclic)
+    dangling = helper.make_graph([helper.make_node("Neg", ["nowhere"], ["y"], name="r")], "d", [x], [y])
+    with pytest.raises(ExportError, match="never produced"):
+        onnx_io._toposort(dangling)
 
 
 # 2. ONNX Runtime against the torch model ---------------------------------------------------------------
