@@ -230,6 +230,38 @@ def _gpu_block_n(padded_bottleneck: int, elem_size: int) -> int:
     return max(16, min(64, 16384 // (padded_bottleneck * elem_size)))
 
 
+def launch_meta(
+    c_width: int,
+    d_width: int,
+    num_heads: int,
+    dtype: torch.dtype,
+    *,
+    block_n: int | None = None,
+    fp32_precision: str = "ieee",
+    interpret: bool | None = None,
+) -> dict[str, int | str]:
+    """The constexprs (all but MODE) and launch options of ``_adapter_attention_kernel`` for these widths
+    and dtype, as ``adapt_image_triton`` launches it. Needs no tensors, so the AOT compile test
+    (tests/test_kernels_compile.py) builds exactly what a launch builds. ``interpret`` None: as the
+    environment says; False: the GPU choice (key tile sized for shared memory)."""
+    if fp32_precision not in ("ieee", "tf32"):
+        raise ValueError(f"fp32_precision must be 'ieee' or 'tf32', got {fp32_precision!r}")
+    head_dim = d_width // num_heads
+    dp, hp, hdp = next_pow2(d_width), next_pow2(num_heads, 1), next_pow2(head_dim)
+    if interpret is None:
+        interpret = interpreting()
+    if block_n is None:
+        block_n = BLOCK_N if interpret else _gpu_block_n(hp * hdp, dtype.itemsize)
+    if block_n < 16 or block_n & (block_n - 1):
+        raise ValueError(f"block_n must be a power of two >= 16, got {block_n}")
+    return dict(
+        C=c_width, D=d_width, H=num_heads, HD=head_dim, DP=dp, HP=hp, HDP=hdp, BB=BLOCK_B, BN=block_n,
+        BC=BLOCK_C, BK=min(BLOCK_K, dp, hp * hdp),
+        PRECISION=fp32_precision if dtype == torch.float32 else "tf32",  # ignored by fp16/bf16 dots
+        num_warps=4, num_stages=2,
+    )
+
+
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -279,8 +311,7 @@ def adapt_image_triton(
         raise ValueError(f"num_heads must be a positive divisor of the bottleneck width {d_width}, got {num_heads}")
     if not 0.0 <= float(blend) <= 1.0:
         raise ValueError(f"blend must lie in [0, 1], got {blend}")
-    if fp32_precision not in ("ieee", "tf32"):
-        raise ValueError(f"fp32_precision must be 'ieee' or 'tf32', got {fp32_precision!r}")
+    meta = launch_meta(c_width, d_width, num_heads, dtype, block_n=block_n, fp32_precision=fp32_precision)
     n_keys, batch = keys.shape[0], image_emb.shape[0]
     if n_keys == 0:
         raise ValueError("keys and values need at least one class (N >= 1)")
@@ -291,12 +322,7 @@ def adapt_image_triton(
     # Weights are indexed as dense row-major inside the kernel; activations may have any strides.
     wd, bd, wi, bi, wo, bo, wu, bu = (t.contiguous() for t in params)
 
-    head_dim = d_width // num_heads
-    dp, hp, hdp = next_pow2(d_width), next_pow2(num_heads, 1), next_pow2(head_dim)
-    if block_n is None:
-        block_n = BLOCK_N if interpreting() else _gpu_block_n(hp * hdp, image_emb.element_size())
-    if block_n < 16 or block_n & (block_n - 1):
-        raise ValueError(f"block_n must be a power of two >= 16, got {block_n}")
+    head_dim, block_n, hp, hdp = d_width // num_heads, int(meta["BN"]), int(meta["HP"]), int(meta["HDP"])
     tiles = triton.cdiv(batch, BLOCK_B)
     key_blocks = triton.cdiv(n_keys, block_n)
     if num_splits is None:
@@ -312,19 +338,14 @@ def adapt_image_triton(
         pacc = torch.empty((num_splits, hp, batch, hdp), dtype=torch.float32, device=device)
     else:
         pml = pacc = out_v  # unused in the one-launch mode
-    precision = fp32_precision if dtype == torch.float32 else "tf32"  # ignored by fp16/bf16 dots
-    common = dict(
-        C=c_width, D=d_width, H=num_heads, HD=head_dim, DP=dp, HP=hp, HDP=hdp, BB=BLOCK_B, BN=block_n,
-        BC=BLOCK_C, BK=min(BLOCK_K, dp, hp * hdp), PRECISION=precision, num_warps=4, num_stages=2,
-    )
     args = (
         image_emb, image_emb.stride(0), image_emb.stride(1), keys, keys.stride(0), keys.stride(1),
         values, values.stride(0), values.stride(1), wd, bd, wi, bi, wo, bo, wu, bu, out_v, out_s, pml, pacc,
         batch, n_keys, keys_per_split, num_splits, LOG2E / math.sqrt(head_dim), float(blend),
     )
     if num_splits == 1:
-        _adapter_attention_kernel[(tiles, 1)](*args, MODE=0, **common)
+        _adapter_attention_kernel[(tiles, 1)](*args, MODE=0, **meta)
     else:
-        _adapter_attention_kernel[(tiles, num_splits)](*args, MODE=1, **common)
-        _adapter_attention_kernel[(tiles, 1)](*args, MODE=2, **common)
+        _adapter_attention_kernel[(tiles, num_splits)](*args, MODE=1, **meta)
+        _adapter_attention_kernel[(tiles, 1)](*args, MODE=2, **meta)
     return out_v, out_s

@@ -55,6 +55,22 @@ def _adapter_logits_kernel(
              mask=rmask[:, None] & nmask[None, :])
 
 
+def launch_meta(c_width: int, dtype: torch.dtype, batch: int, *, fp32_precision: str = "ieee") -> dict[str, int | str]:
+    """The constexprs and launch options of ``_adapter_logits_kernel`` for this width, dtype and batch size,
+    as ``adapted_logits_triton`` launches it. Needs no tensors, so the AOT compile test
+    (tests/test_kernels_compile.py) builds exactly what a launch builds."""
+    if fp32_precision not in ("ieee", "tf32"):
+        raise ValueError(f"fp32_precision must be 'ieee' or 'tf32', got {fp32_precision!r}")
+    # Bigger image tiles re-read the text bank fewer times; 64 keeps two fp32 accumulators in registers.
+    bb = 16 if batch <= 16 else 32 if batch <= 32 else 64
+    # fp32 tiles of 64 columns, three operands, two pipeline stages would crowd shared memory.
+    bc = BLOCK_C if dtype != torch.float32 else BLOCK_C // 2
+    return dict(
+        C=c_width, BB=bb, BN=BLOCK_N, BC=bc, PRECISION=fp32_precision if dtype == torch.float32 else "tf32",
+        num_warps=8 if bb == 64 else 4, num_stages=2,
+    )
+
+
 def adapted_logits_triton(
     v_adapted: torch.Tensor,
     shift: torch.Tensor,
@@ -75,24 +91,17 @@ def adapted_logits_triton(
         raise ValueError("logit_scale must be a Python float here; multiply a tensor scale outside the kernel")
     if not 0.0 <= float(blend) <= 1.0:
         raise ValueError(f"blend must lie in [0, 1], got {blend}")
-    if fp32_precision not in ("ieee", "tf32"):
-        raise ValueError(f"fp32_precision must be 'ieee' or 'tf32', got {fp32_precision!r}")
     batch, n_cls = v_adapted.shape[0], text_emb.shape[0]
+    meta = launch_meta(c_width, dtype, batch, fp32_precision=fp32_precision)
     if n_cls == 0:
         raise ValueError("text_emb needs at least one class (N >= 1)")
     out = torch.empty((batch, n_cls), dtype=dtype, device=device)
     if batch == 0:
         return out
-    # Bigger image tiles re-read the text bank fewer times; 64 keeps two fp32 accumulators in registers.
-    bb = 16 if batch <= 16 else 32 if batch <= 32 else 64
-    # fp32 tiles of 64 columns, three operands, two pipeline stages would crowd shared memory.
-    bc = BLOCK_C if dtype != torch.float32 else BLOCK_C // 2
-    grid = (triton.cdiv(batch, bb), triton.cdiv(n_cls, BLOCK_N))
+    grid = (triton.cdiv(batch, int(meta["BB"])), triton.cdiv(n_cls, int(meta["BN"])))
     _adapter_logits_kernel[grid](
         v_adapted, v_adapted.stride(0), v_adapted.stride(1), shift, shift.stride(0), shift.stride(1),
         text_emb, text_emb.stride(0), text_emb.stride(1), out, out.stride(0), out.stride(1),
-        batch, n_cls, 1.0 - float(blend), float(blend), float(logit_scale),
-        C=c_width, BB=bb, BN=BLOCK_N, BC=bc, PRECISION=fp32_precision if dtype == torch.float32 else "tf32",
-        num_warps=8 if bb == 64 else 4, num_stages=2,
+        batch, n_cls, 1.0 - float(blend), float(blend), float(logit_scale), **meta,
     )
     return out
