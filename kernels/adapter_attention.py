@@ -8,7 +8,9 @@ Per tile of BB images, one program computes
     u  = up(out_proj(W_v d + b_v)); s = normalize(u)   (a text token's softmax has one key: weight 1)
 and writes v' and s. Triton cannot slice register tensors, and a whole [D, D] weight tile
 (256 x 256 for C = 1024) does not fit in shared memory, so every projection is a sum of
-[BB, BK] x [BK, *] dots over column chunks picked out of the register tile by a masked reduction.
+[BB, BK] x [BK, *] dots over column chunks picked out of the register tile by a masked reduction,
+in rolled loops (unrolled, ptxas spilled up to 150 KB per thread in fp32 at C >= 768), and up() is a
+batched dot over K chunks of BK (see tests/test_kernels_compile.py for the compiled register budget).
 Heads live in a padded layout: head h, dim j sits at column h * HDP + j with HDP = next power of
 two >= head_dim (48 -> 64), so attention runs as 3-D dots [heads, BB, HDP] x [heads, HDP, BN].
 
@@ -75,7 +77,7 @@ def _to_heads(d, w_ptr, b_ptr, row0, D: tl.constexpr, DP: tl.constexpr, HD: tl.c
     valid = (head < H) & (dim < HD)
     wrow = row0 + head * HD + dim
     acc = tl.zeros((BB, DH), dtype=tl.float32)
-    for j in tl.static_range(DP // BK):
+    for j in range(DP // BK):
         dk = _col_chunk(d, j, BB, DP // BK, BK).to(w_ptr.dtype.element_ty)
         ks = j * BK + tl.arange(0, BK)
         w = tl.load(w_ptr + wrow[None, :] * D + ks[:, None], mask=valid[None, :] & (ks < D)[:, None], other=0.0)
@@ -91,7 +93,7 @@ def _from_heads(h, w_ptr, b_ptr, D: tl.constexpr, DP: tl.constexpr, HD: tl.const
     DH: tl.constexpr = HP * HDP
     offs_o = tl.arange(0, DP)
     acc = tl.zeros((BB, DP), dtype=tl.float32)
-    for j in tl.static_range(DH // BK):
+    for j in range(DH // BK):
         hk = _col_chunk(h, j, BB, DH // BK, BK).to(w_ptr.dtype.element_ty)
         ks = j * BK + tl.arange(0, BK)
         head, dim = ks // HDP, ks % HDP
@@ -181,10 +183,14 @@ def _adapter_attention_kernel(
         own_value = _to_heads(d, wi_ptr, bi_ptr, 2 * D, D, DP, HD, H, HP, HDP, BB, BK, PRECISION)
         o = _from_heads(attended, wo_ptr, bo_ptr, D, DP, HD, H, HP, HDP, BB, BK, PRECISION)
         o_s = _from_heads(own_value, wo_ptr, bo_ptr, D, DP, HD, H, HP, HDP, BB, BK, PRECISION)
-        o = o.to(wu_ptr.dtype.element_ty)
-        o_s = o_s.to(wu_ptr.dtype.element_ty)
+        # up() runs as batched dots over K chunks of BK, summed: [NK, BB, BK] x [NK, BK, BC]. A plain
+        # [BB, DP] x [DP, BC] dot has K = DP, and fp32 "ieee" dots (FMA, no tensor cores) hold a
+        # thread's whole K extent in registers: at DP 256 ptxas spilled 40-150 KB (AOT compile test).
+        NK: tl.constexpr = DP // BK
+        o3 = tl.permute(tl.reshape(o.to(wu_ptr.dtype.element_ty), (BB, NK, BK)), (1, 0, 2))
+        os3 = tl.permute(tl.reshape(o_s.to(wu_ptr.dtype.element_ty), (BB, NK, BK)), (1, 0, 2))
+        kk = (tl.arange(0, NK)[:, None, None] * BK + tl.arange(0, BK)[None, :, None])  # [NK, BK, 1]
         inv_v = 1.0 / tl.maximum(tl.sqrt(sumsq), 1e-12)
-        offs_d = tl.arange(0, DP)
         # Pass 1: the norms. |y|^2 of y = (1-l) v^ + l a^ follows from |v^|^2, |a|^2 and <v^, a>, so
         # up() is recomputed once in pass 2 instead of keeping a [BB, C] tile in registers.
         aa = tl.zeros((BB,), dtype=tl.float32)
@@ -192,11 +198,11 @@ def _adapter_attention_kernel(
         uu = tl.zeros((BB,), dtype=tl.float32)
         for c0 in range(0, C, BC):
             cols = c0 + tl.arange(0, BC)
-            wu = tl.load(wu_ptr + cols[None, :] * D + offs_d[:, None],
-                         mask=(cols < C)[None, :] & (offs_d < D)[:, None], other=0.0)
+            wu = tl.load(wu_ptr + cols[None, None, :] * D + kk, mask=(cols < C)[None, None, :] & (kk < D),
+                         other=0.0)  # W_up^T chunk, [NK, BK, BC]
             bu = tl.load(bu_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
-            a = tl.dot(o, wu, input_precision=PRECISION) + bu
-            u = tl.dot(o_s, wu, input_precision=PRECISION) + bu
+            a = tl.sum(tl.dot(o3, wu, input_precision=PRECISION), axis=0) + bu
+            u = tl.sum(tl.dot(os3, wu, input_precision=PRECISION), axis=0) + bu
             xv = tl.load(x_ptr + rows[:, None] * sxb + cols[None, :] * sxc,
                          mask=rmask[:, None] & (cols < C)[None, :], other=0.0).to(tl.float32)
             aa += tl.sum(a * a, axis=1)
@@ -212,11 +218,11 @@ def _adapter_attention_kernel(
         for c0 in range(0, C, BC):
             cols = c0 + tl.arange(0, BC)
             cmask = rmask[:, None] & (cols < C)[None, :]
-            wu = tl.load(wu_ptr + cols[None, :] * D + offs_d[:, None],
-                         mask=(cols < C)[None, :] & (offs_d < D)[:, None], other=0.0)
+            wu = tl.load(wu_ptr + cols[None, None, :] * D + kk, mask=(cols < C)[None, None, :] & (kk < D),
+                         other=0.0)  # W_up^T chunk, [NK, BK, BC]
             bu = tl.load(bu_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
-            a = tl.dot(o, wu, input_precision=PRECISION) + bu
-            u = tl.dot(o_s, wu, input_precision=PRECISION) + bu
+            a = tl.sum(tl.dot(o3, wu, input_precision=PRECISION), axis=0) + bu
+            u = tl.sum(tl.dot(os3, wu, input_precision=PRECISION), axis=0) + bu
             xv = tl.load(x_ptr + rows[:, None] * sxb + cols[None, :] * sxc, mask=cmask, other=0.0).to(tl.float32)
             y = (keep * xv * inv_v[:, None] + blend * a * inv_a[:, None]) * inv_y[:, None]
             out_offs = rows[:, None] * C + cols[None, :]
