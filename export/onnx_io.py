@@ -6,8 +6,9 @@ Files per graph (``<name>`` from the spec):
 - ``<name>.ort.onnx``: the same graph after ONNX Runtime's transformer fusions (contrib ops such
   as BiasGelu), the file :mod:`mmadapter.export.runtime` serves;
 - with fp16, ``<name>.fp16.onnx`` and ``<name>.fp16.ort.onnx`` likewise;
-- with int8, ``<name>.int8.ort.onnx`` for graphs with a CLIP tower: the tower's transformer-block
-  weights in int8 (ONNX Runtime dynamic quantization), for CPU serving only.
+- with int8, ``<name>.int8.ort.onnx`` for graphs whose spec names ``int8_scopes`` (the image
+  classifier): the image tower's transformer-block weights in int8 (ONNX Runtime dynamic
+  quantization), for CPU serving only.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def quantize_int8(src: Path, dst: Path, scopes: tuple[str, ...]) -> int:
     """Dynamic int8 quantization (int8 per-channel weights, uint8 activations quantized per call) of
     the weight MatMuls that the exporter placed under one of the module ``scopes``; returns how many.
 
-    Only the CLIP tower's transformer blocks are quantized: they carry >95% of the FLOPs, so this
+    Only the image tower's transformer blocks are quantized: they carry >95% of the FLOPs, so this
     is where the int8 GEMMs (VNNI/AMX on x86) pay off. The patch embedding, the projections, the
     adapter and the folded class bank stay fp32: the logits are a rescaled difference of dot
     products (DESIGN.md section 2) and would lose more than the small time they cost.
