@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mmadapter.errors import ConfigError
+from mmadapter.files import first_line
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 ADAPTER_CONFIG_DIR = CONFIG_DIR / "adapter"
@@ -30,6 +33,9 @@ class AdapterConfig:
     blend: float = 0.2  # lambda: weight of the adapter output in the residual blend
 
     def __post_init__(self) -> None:
+        for name in ("embed_dim", "reduction", "num_heads"):
+            check_int(getattr(self, name), f"adapter config {name}")
+        object.__setattr__(self, "blend", check_float(self.blend, "adapter config blend"))
         if self.embed_dim <= 0 or self.reduction <= 0 or self.num_heads <= 0:
             raise ConfigError(f"adapter config has a non-positive size: {self}")
         if self.embed_dim % self.reduction:
@@ -69,6 +75,22 @@ class TrainConfig:
     shots: int = 16
     seed: int = 1
 
+    def __post_init__(self) -> None:
+        lr = check_float(self.lr, "learning rate")
+        if lr <= 0:
+            raise ConfigError(f"learning rate must be > 0, got {lr!r}")
+        weight_decay = check_float(self.weight_decay, "weight decay")
+        if weight_decay < 0:
+            raise ConfigError(f"weight decay must be >= 0, got {weight_decay!r}")
+        object.__setattr__(self, "lr", lr)
+        object.__setattr__(self, "weight_decay", weight_decay)
+        for name in ("batch_size", "max_epochs", "patience", "shots"):
+            if check_int(getattr(self, name), f"training {name}") < 1:
+                raise ConfigError(f"training {name} must be at least 1, got {getattr(self, name)}")
+        lo, hi = SEED_RANGE
+        if not lo <= check_int(self.seed, "seed") <= hi:
+            raise ConfigError(f"seed must lie in {lo}..{hi}, got {self.seed}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -90,6 +112,17 @@ class ClipSpec:
     weights_path: str | None = None
     weights_sha256: str | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.model_name, str) or not self.model_name.strip():
+            raise ConfigError(f"CLIP spec model_name must be a non-empty string, got {self.model_name!r}")
+        for name in ("pretrained", "weights_path", "weights_sha256"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"CLIP spec {name} must be a string or null, got {type(value).__name__}")
+        if self.weights_sha256 is not None and not SHA256_PATTERN.fullmatch(self.weights_sha256):
+            raise ConfigError(f"CLIP spec weights_sha256 {self.weights_sha256[:80]!r} is not a sha256 "
+                              "(64 lower-case hex digits)")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -103,13 +136,42 @@ class ClipSpec:
         return f"{self.model_name} ({self.pretrained or 'random weights'})"
 
 
+SEED_RANGE = (0, 2**32 - 1)  # what numpy's and torch's generators accept
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+def check_int(value: object, what: str) -> int:
+    """An int that is not a bool (JSON ``true`` and ``512.0`` are not widths)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{what} must be a whole number, got {_shown(value)}")
+    return value
+
+
+def check_float(value: object, what: str) -> float:
+    """A finite int or float that is not a bool, as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{what} must be a number, got {_shown(value)}")
+    try:
+        result = float(value)
+    except OverflowError:  # an int too large for a float
+        raise ConfigError(f"{what} {str(value)[:40]}... is too large") from None
+    if not math.isfinite(result):
+        raise ConfigError(f"{what} must be a finite number, got {result!r}")
+    return result
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return f"{text[:60]}... ({type(value).__name__})" if len(text) > 60 else f"{text} ({type(value).__name__})"
+
+
 def _from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{what} must be a JSON object, got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(str(k)[:40] for k in set(data) - names)
     if unknown:
-        raise ConfigError(f"{what} has unknown keys {unknown}; known keys are {sorted(names)}")
+        raise ConfigError(f"{what} has unknown keys {unknown[:5]}; known keys are {sorted(names)}")
     try:
         return cls(**data)
     except TypeError as exc:
@@ -131,8 +193,8 @@ def get_adapter_config(name_or_path: str) -> AdapterConfig:
             )
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read adapter config {path}: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
+        raise ConfigError(f"cannot read adapter config {path}: {first_line(exc)}") from None
     return AdapterConfig.from_dict(data)
 
 
@@ -150,6 +212,8 @@ __all__ = [
     "ClipSpec",
     "TrainConfig",
     "adapter_config_for_width",
+    "check_float",
+    "check_int",
     "get_adapter_config",
     "list_adapter_configs",
 ]

@@ -124,7 +124,8 @@ def run_demo(
     # The weights file lies beside the checkpoint: refer to it relatively, so the folder can move
     # (the sha256 still pins the content).
     meta = replace(meta, clip=replace(meta.clip, weights_path="clip-weights.safetensors"))
-    checkpoint = save_checkpoint(out_dir / "adapter.safetensors", report.heads["mma"], meta)
+    # The demo owns its output folder: a rerun replaces the previous run's checkpoint.
+    checkpoint = save_checkpoint(out_dir / "adapter.safetensors", report.heads["mma"], meta, overwrite=True)
     log(f"checkpoint: {checkpoint} (label set: {', '.join(base)}; CLIP weights by path + sha256)")
 
     splits = few_shot_splits(dataset, train_config.shots, train_config.seed)

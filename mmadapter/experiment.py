@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from mmadapter.baselines import build_head
-from mmadapter.checkpoint import CheckpointMeta, LabelSet, save_checkpoint
+from mmadapter.checkpoint import CheckpointMeta, LabelSet, check_output_file, save_checkpoint
 from mmadapter.config import AdapterConfig, TrainConfig, adapter_config_for_width
 from mmadapter.data import ImageDataset, base_novel_classes, few_shot_splits, image_folder_dataset, restrict
 from mmadapter.datasets import load_registered_dataset
 from mmadapter.errors import DataError
 from mmadapter.evaluate import BaseNovelData, BaseToNovelReport, run_base_to_novel
 from mmadapter.features import ClipProvider, image_embeddings, labels_of, text_embeddings
+from mmadapter.labels import check_template
 from mmadapter.train import EmbeddedSplit, TrainResult, accuracy, train_head
 
 
@@ -22,9 +23,7 @@ def open_dataset(data_root: str | Path, dataset: str | None = None, template: st
     """A registered dataset (by name, under ``data_root``) or an image folder at ``data_root``."""
     ds = load_registered_dataset(dataset, data_root) if dataset else image_folder_dataset(data_root)
     if template is not None:
-        if "{}" not in template:
-            raise DataError(f"prompt template {template!r} needs a '{{}}' for the class name")
-        ds = replace(ds, template=template)
+        ds = replace(ds, template=check_template(template))
     return ds
 
 
@@ -87,11 +86,13 @@ def checkpoint_meta(
 
 def train_checkpoint(
     dataset: ImageDataset, provider: ClipProvider, out_path: str | Path, train_config: TrainConfig | None = None,
-    base_only: bool = False, cache_dir: str | Path | None = None, progress: bool = True,
+    base_only: bool = False, cache_dir: str | Path | None = None, progress: bool = True, overwrite: bool = False,
 ) -> tuple[Path, TrainResult, float]:
     """Train the Multi-Modal Adapter on ``shots`` images per class (all classes, or the base half
     with ``base_only``) and save it as a checkpoint. Returns the path, the training result and the
-    test accuracy (%) on the same label set."""
+    test accuracy (%) on the same label set. An existing ``out_path`` is refused unless ``overwrite``,
+    and that is checked before any embedding or training work."""
+    check_output_file(out_path, overwrite)
     train_config = train_config or TrainConfig()
     cache = Path(cache_dir) if cache_dir is not None else None
     splits = few_shot_splits(dataset, train_config.shots, train_config.seed)
@@ -108,7 +109,7 @@ def train_checkpoint(
     metrics = {"test_acc": test_acc, "test_images": len(test), **result.summary()}
     meta = checkpoint_meta(provider, config, clip.logit_scale, tuple(classes), dataset.template, train_config,
                            metrics, dataset.name)
-    return save_checkpoint(out_path, result.head, meta), result, test_acc
+    return save_checkpoint(out_path, result.head, meta, overwrite=overwrite), result, test_acc
 
 
 __all__ = ["checkpoint_meta", "evaluate_base_to_novel", "open_dataset", "prepare_base_novel", "train_checkpoint"]

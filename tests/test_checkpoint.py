@@ -10,12 +10,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mmadapter import AdapterConfig, CheckpointError, ClipSpec, ConfigError, MultiModalAdapter
+from mmadapter import AdapterConfig, CheckpointError, ClipSpec, MultiModalAdapter
+from mmadapter.errors import MMAdapterError
 from mmadapter.checkpoint import (
     FORMAT_VERSION,
+    HASH_KEY,
     METADATA_KEY,
     CheckpointMeta,
     LabelSet,
+    content_sha256,
     load_checkpoint,
     read_metadata,
     save_checkpoint,
@@ -84,7 +87,10 @@ def test_missing_and_not_a_checkpoint(tmp_path: Path) -> None:
 
 
 def write_with(tmp_path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """A checkpoint written by hand, with a correct content sha256, so the check under test is the one
+    that must catch it."""
     path = tmp_path / "edited.safetensors"
+    meta = {**meta, HASH_KEY: content_sha256(tensors, meta)}
     save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(meta)})
     return path
 
@@ -125,12 +131,14 @@ def test_width_that_does_not_match_clip(saved: tuple[Path, MultiModalAdapter]) -
 
 
 def test_label_set_validation() -> None:
-    with pytest.raises(ConfigError, match="empty"):
+    with pytest.raises(MMAdapterError, match="empty"):
         LabelSet(())
-    with pytest.raises(ConfigError, match="duplicate"):
+    with pytest.raises(MMAdapterError, match="twice"):
         LabelSet(("a", "a"))
-    with pytest.raises(ConfigError, match="template"):
+    with pytest.raises(MMAdapterError, match="exactly one"):
         LabelSet(("a",), ("no placeholder",))
+    with pytest.raises(MMAdapterError, match="exactly one"):
+        LabelSet(("a",), ("a {} of {}",))
 
 
 def test_header_length_past_end(tmp_path: Path) -> None:
