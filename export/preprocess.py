@@ -1,18 +1,24 @@
 """CLIP image preprocessing in numpy and PIL only, matching open_clip's default eval transform
 (resize the shortest side with bicubic filtering, center crop, RGB, scale to [0, 1], normalise),
 so that serving needs neither torch nor open_clip. No torch import here, by design.
+
+Images are read by the project's one loader (:func:`mmadapter.images.open_image`, re-exported here as
+``load_image``), the same one training and ``predict --checkpoint`` use, so both paths see the same
+pixels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mmadapter.errors import DataError
+from mmadapter.images import MAX_RESIZED_PIXELS, open_image, resized_size
+
+load_image = open_image  # the one loader; kept under this name for the runtime and its callers
 
 _RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1}  # PIL.Image.Resampling values
 
@@ -45,13 +51,6 @@ class Preprocessing:
         )
 
 
-def _resized_size(width: int, height: int, size: int) -> tuple[int, int]:
-    # torchvision's rule for an int size: the short side becomes `size`, the long side is truncated.
-    if width <= height:
-        return size, int(size * height / width)
-    return int(size * width / height), size
-
-
 def preprocess_image(image: Any, spec: Preprocessing) -> np.ndarray:
     """One PIL image -> float32 [3, H, W]."""
     from PIL import Image
@@ -63,7 +62,10 @@ def preprocess_image(image: Any, spec: Preprocessing) -> np.ndarray:
     if resample is None:
         raise DataError(f"unknown interpolation {spec.interpolation!r}")
     # open_clip resizes with the short side equal to the crop's larger side, then crops.
-    new_w, new_h = _resized_size(image.width, image.height, max(crop_h, crop_w))
+    new_w, new_h = resized_size(image.width, image.height, max(crop_h, crop_w))
+    if new_w * new_h > MAX_RESIZED_PIXELS:  # the loader refuses these; an image made in memory may not be
+        raise DataError(f"a {image.width}x{image.height} image resized to {new_w}x{new_h} is over the "
+                        f"{MAX_RESIZED_PIXELS // 10**6}-megapixel limit")
     if (new_w, new_h) != image.size:
         image = image.resize((new_w, new_h), resample=Image.Resampling(resample))
     left = int(round((new_w - crop_w) / 2.0))
@@ -75,22 +77,6 @@ def preprocess_image(image: Any, spec: Preprocessing) -> np.ndarray:
     arr = np.asarray(image, dtype=np.float32) / np.float32(255.0)
     arr = (arr - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
-
-
-def load_image(path: str | Path) -> Any:
-    """Open an image file fully (so truncation shows up here); any failure is one DataError line."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read image {path}: {first}") from None
 
 
 def preprocess_batch(images: Sequence[Any], spec: Preprocessing) -> np.ndarray:

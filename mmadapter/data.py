@@ -19,8 +19,9 @@ from pathlib import Path
 from PIL import Image
 
 from mmadapter.errors import DataError
+from mmadapter.images import IMAGE_EXTENSIONS, is_image_file, list_images, open_image
+from mmadapter.labels import check_class_names
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_TEMPLATE = "a photo of a {}."
 
 
@@ -52,32 +53,11 @@ class FewShotSplits:
     test: list[ImageRecord]
 
 
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
 def load_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image as RGB; any decoder failure becomes a one-line DataError."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")  # convert() forces a full decode, so truncation shows up here
-    except Exception as exc:  # PIL's decoders raise OSError, SyntaxError, ValueError, ... for bad files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read image {path}: {reason}") from None
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"image folder not found: {folder}")
-    images = sorted(p for p in folder.iterdir() if is_image_file(p))
-    if not images:
-        raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
-    return images
+    """The project's one image loader (:func:`mmadapter.images.open_image`): fully decoded, size-capped,
+    8-bit images left in their own mode (open_clip's transform converts to RGB after the crop), 16-bit
+    and float images scaled; any failure is a one-line DataError naming the file."""
+    return open_image(path)
 
 
 def _folder_records(root: Path, class_names: Sequence[str]) -> list[ImageRecord]:
@@ -99,6 +79,8 @@ def image_folder_dataset(root: str | Path, template: str = DEFAULT_TEMPLATE, nam
     class_names = tuple(sorted(p.name for p in split_root.iterdir() if p.is_dir() and not p.name.startswith(".")))
     if not class_names:
         raise DataError(f"no class folders in {split_root} (expected one sub-folder of images per class)")
+    # Folders such as `a b` and `a_b` give the same prompt: refused before any image is listed or read.
+    check_class_names(class_names, f"class folders of {split_root}")
     train = _folder_records(split_root, class_names)
     val = test = None
     if split_root != root:
@@ -219,6 +201,7 @@ def records_identity(records: Sequence[ImageRecord]) -> str:
 
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "IMAGE_EXTENSIONS",
     "FewShotSplits",
     "ImageDataset",
     "ImageRecord",
