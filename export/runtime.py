@@ -169,20 +169,30 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def classify_images(
     onnx_dir: Path, image_paths: list[Path], top_k: int = 5, *, providers: Sequence[str] | None = None,
-    batch_size: int = 32, precision: str = "fp32",
-) -> list[tuple[Path, list[tuple[str, float]]]]:
+    batch_size: int = 32, precision: str = "fp32", strict: bool = False,
+) -> list[Any]:
     """Top-k (class name, probability) per image, probabilities from the softmax of the logits
-    over the exported label set. Any unreadable image is one DataError naming it."""
+    over the exported label set, in input order. An unreadable, corrupt or oversized image is an
+    ``ImageSkip`` in its place (``strict``: a DataError naming it); if none can be read, a DataError
+    naming the first. Non-finite logits are an ExportError, never printed as nan."""
+    from mmadapter.images import ImageSkip, read_images
+    from mmadapter.predictions import check_some_read, in_order, rank
+
     if top_k < 1:
         raise DataError(f"top_k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise DataError(f"batch size must be at least 1, got {batch_size}")
     model = ExportedModel(onnx_dir, providers, precision)
-    results: list[tuple[Path, list[tuple[str, float]]]] = []
-    k = min(top_k, len(model.class_names))
+    short_side = max(model.preprocessing.image_size)
+    results: list[Any] = []
     for start in range(0, len(image_paths), batch_size):
-        paths = [Path(p) for p in image_paths[start:start + batch_size]]
-        pixels = preprocess_batch([load_image(p) for p in paths], model.preprocessing)
-        probs = softmax(model.classify_pixels(pixels, batch_size)["logits"].astype(np.float64))
-        for path, row in zip(paths, probs):
-            top = np.argsort(-row, kind="stable")[:k]
-            results.append((path, [(model.class_names[i], float(row[i])) for i in top]))
-    return results
+        loaded = read_images(image_paths[start:start + batch_size], short_side, strict)
+        good = [(Path(p), img) for p, img in zip(image_paths[start:start + batch_size], loaded)
+                if not isinstance(img, ImageSkip)]
+        ranked = []
+        if good:
+            pixels = preprocess_batch([img for _, img in good], model.preprocessing)
+            logits = model.classify_pixels(pixels, batch_size)["logits"]
+            ranked = rank(logits, [p for p, _ in good], model.class_names, top_k, ExportError)
+        results.extend(in_order(loaded, ranked))
+    return check_some_read(results)
