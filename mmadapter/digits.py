@@ -4,7 +4,6 @@ user's own dataset takes."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from mmadapter.errors import DataError
+from mmadapter.files import atomic_write_text, atomic_write_with
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGITS_TEMPLATE = "a photo of the digit {}."
@@ -48,12 +48,8 @@ def write_digits_folder(root: str | Path, size: int = 64, per_class: int | None 
     for name in DIGIT_NAMES:  # a different size or count: start over rather than mix old files in
         shutil.rmtree(root / name, ignore_errors=True)
     for i, (img, name) in enumerate(digit_images(size, per_class)):
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{i:04d}.png.partial"
-        img.save(tmp, format="PNG")
-        os.replace(tmp, folder / f"{i:04d}.png")
-    marker.write_text(f"{size}:{per_class}")
+        atomic_write_with(root / name / f"{i:04d}.png", lambda tmp, img=img: img.save(tmp, format="PNG"))
+    atomic_write_text(marker, f"{size}:{per_class}")
     return root
 
 

@@ -9,7 +9,6 @@ CLIP-Adapter and the Multi-Modal Adapter go through the same code on the same em
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from torch import nn
 
 from mmadapter.baselines import HEAD_KINDS, build_head
 from mmadapter.config import AdapterConfig, TrainConfig
+from mmadapter.files import atomic_write_text, atomic_write_with
 from mmadapter.train import EmbeddedSplit, accuracy, train_head
 
 METHOD_TITLES = {"zero-shot-clip": "Zero-shot CLIP", "clip-adapter": "CLIP-Adapter", "mma": "Multi-Modal Adapter"}
@@ -109,15 +109,6 @@ def run_base_to_novel(
     return report
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def plot_report(report: BaseToNovelReport, path: str | Path) -> Path | None:
     """Grouped bars of base / novel / HM accuracy per method; ``None`` when matplotlib is absent."""
     try:
@@ -143,13 +134,11 @@ def plot_report(report: BaseToNovelReport, path: str | Path) -> Path | None:
     ax.set_title(f"Base-to-novel, {report.info.get('dataset', '')}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.png")
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        # the suffix tells matplotlib the format of the temporary file
+        atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), suffix=".png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -157,10 +146,9 @@ def write_report(report: BaseToNovelReport, out_dir: str | Path, stem: str = "re
     """``<stem>.json``, ``<stem>.md`` and (with matplotlib) ``<stem>.png`` in ``out_dir``, each
     written atomically."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / f"{stem}.json", "markdown": out_dir / f"{stem}.md"}
-    _write_text_atomic(paths["json"], json.dumps(report.to_dict(), indent=2) + "\n")
-    _write_text_atomic(paths["markdown"], report.to_markdown())
+    atomic_write_text(paths["json"], json.dumps(report.to_dict(), indent=2) + "\n")
+    atomic_write_text(paths["markdown"], report.to_markdown())
     plot = plot_report(report, out_dir / f"{stem}.png")
     if plot is not None:
         paths["plot"] = plot

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mmadapter.backbone import FrozenClip, load_clip, sha256_file
+from mmadapter.backbone import FrozenClip, load_clip, pin_weights
 from mmadapter.config import ClipSpec
 from mmadapter.data import ImageRecord, load_image, records_identity
+from mmadapter.files import FileWriteError, atomic_path, first_line
 
 CACHE_FORMAT_VERSION = 1
 
@@ -29,7 +30,9 @@ class ClipProvider:
     """The frozen CLIP, built on first :meth:`get` (or wrapping one already built)."""
 
     def __init__(self, spec: ClipSpec, device: str | torch.device = "cpu", clip: FrozenClip | None = None) -> None:
-        self.spec = spec
+        # A local weights file is pinned by its sha256 from the start: the cache key and every
+        # checkpoint trained through this provider record it.
+        self.spec = pin_weights(spec)
         self.device = device
         self._clip = clip
         self.loads = 0  # how many times the model was built here (tests check that a cache hit builds none)
@@ -42,10 +45,8 @@ class ClipProvider:
 
     def identity(self) -> dict[str, Any]:
         """What identifies the CLIP's weights for caching: the tag, or the content of a local file."""
-        sha = self.spec.weights_sha256
-        if self.spec.weights_path and not sha:
-            sha = sha256_file(self.spec.weights_path)
-        return {"model_name": self.spec.model_name, "pretrained": self.spec.pretrained, "weights_sha256": sha}
+        return {"model_name": self.spec.model_name, "pretrained": self.spec.pretrained,
+                "weights_sha256": self.spec.weights_sha256}
 
 
 class EmbeddingCache:
@@ -63,36 +64,51 @@ class EmbeddingCache:
         return self.root / f"{key}.safetensors"
 
     def load(self, key: str, rows: int | None = None) -> torch.Tensor | None:
-        """The cached embeddings, or ``None`` on a miss; an unreadable or mismatched entry is a miss
-        (it is recomputed and overwritten), never an error: the cache is ours, not the user's."""
-        from safetensors import SafetensorError
+        """The cached embeddings, or ``None`` on a miss; an unreadable or mismatched entry, or one with
+        non-finite or all-zero rows (no CLIP embedding is either), is a miss (it is recomputed and
+        overwritten), never an error: the cache is ours, not the user's."""
         from safetensors.torch import load_file
 
         path = self.path(key)
-        if not path.is_file():
-            return None
         try:
+            if not path.is_file():
+                return None
             emb = load_file(str(path))["embeddings"]
-        except (SafetensorError, OSError, KeyError, ValueError, RuntimeError):
+        except Exception:  # noqa: BLE001 - whatever is wrong with an entry, it is rebuilt
             return None
-        if emb.ndim != 2 or (rows is not None and emb.shape[0] != rows):
+        if emb.ndim != 2 or not emb.is_floating_point() or (rows is not None and emb.shape[0] != rows):
+            return None
+        if emb.numel() and (not torch.isfinite(emb).all() or (emb == 0).all(dim=1).any()):
             return None
         return emb
 
-    def save(self, key: str, emb: torch.Tensor, description: dict[str, Any]) -> Path:
-        """Write atomically (temporary file, then rename), so a killed run leaves no half entry."""
+    def save(self, key: str, emb: torch.Tensor, description: dict[str, Any]) -> Path | None:
+        """Write atomically (temporary file, then rename), so a killed run leaves no half entry. A cache
+        that cannot be written (read-only, a file in the way, a full disk) is one warning line on
+        stderr, then the run goes on without it; returns ``None`` then."""
         from safetensors.torch import save_file
 
-        self.root.mkdir(parents=True, exist_ok=True)
+        root = self.root.absolute()
+        if root in _unwritable:
+            return None
         path = self.path(key)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
         try:
-            save_file({"embeddings": emb.detach().float().contiguous().cpu()}, str(tmp),
-                      metadata={"description": json.dumps(description, sort_keys=True)})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise FileWriteError(first_line(exc)) from None
+            with atomic_path(path) as tmp:
+                save_file({"embeddings": emb.detach().float().contiguous().cpu()}, str(tmp),
+                          metadata={"description": json.dumps(description, sort_keys=True)})
+        except FileWriteError as exc:
+            _unwritable.add(root)
+            print(f"warning: embedding cache {self.root} is not writable ({first_line(exc)}); continuing without it",
+                  file=sys.stderr)
+            return None
         return path
+
+
+_unwritable: set[Path] = set()  # cache folders that failed once: warned about once, not tried again
 
 
 def _encode_records(clip: FrozenClip, records: Sequence[ImageRecord], batch_size: int, progress: bool) -> torch.Tensor:

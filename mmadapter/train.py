@@ -96,6 +96,10 @@ def train_head(
         raise DataError("no training examples")
     if int(train.labels.max()) >= text_emb.shape[0] or int(train.labels.min()) < 0:
         raise DataError(f"training labels fall outside the {text_emb.shape[0]} classes of the label set")
+    for what, emb in (("training image", train.image_emb), ("class text", text_emb),
+                      ("validation image", val.image_emb if val is not None else None)):
+        if emb is not None and not torch.isfinite(emb).all():
+            raise DataError(f"the {what} embeddings contain NaN or infinite values")
     params = [p for p in head.parameters() if p.requires_grad]
     start = time.perf_counter()
     if not params:
@@ -117,11 +121,15 @@ def train_head(
             idx = order[i : i + config.batch_size]
             logits = head_logits(head, train.image_emb[idx], text_emb, logit_scale)
             loss = F.cross_entropy(logits, train.labels[idx])
+            if not torch.isfinite(loss):
+                raise _diverged(f"the loss became {loss.item()}", epoch, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total_loss += loss.item() * idx.numel()
             correct += int((logits.argmax(dim=-1) == train.labels[idx]).sum())
+        if not all(torch.isfinite(p).all() for p in params):
+            raise _diverged("the weights became NaN or infinite", epoch, config)
         row = {"epoch": epoch, "train_loss": total_loss / len(train), "train_acc": 100.0 * correct / len(train)}
         # Without a validation split, the training accuracy stands in (then the last best epoch wins).
         has_val = val is not None and len(val) > 0
@@ -142,6 +150,11 @@ def train_head(
     result.best_val_acc = best_val
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _diverged(what: str, epoch: int, config: TrainConfig) -> DataError:
+    # Nothing is written after this: the caller saves a checkpoint only from a finished run.
+    return DataError(f"training diverged: {what} at epoch {epoch} (learning rate {config.lr:g} is too high?)")
 
 
 __all__ = ["EmbeddedSplit", "TrainResult", "accuracy", "predict_logits", "train_head"]

@@ -73,7 +73,7 @@ def test_bad_specs(tmp_path: Path) -> None:
         load_clip(ClipSpec("mmadapter-tiny", weights_path=str(tmp_path / "missing.safetensors")))
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"junk")
-    with pytest.raises(ConfigError, match="cannot load CLIP"):
+    with pytest.raises(ConfigError, match="cannot read CLIP weights"):
         load_clip(ClipSpec("mmadapter-tiny", weights_path=str(junk)))
 
 
