@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from mmadapter.errors import DataError
-from mmadapter.files import atomic_write_text, atomic_write_with
+from mmadapter.files import FileWriteError, atomic_write_text, first_line
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGITS_TEMPLATE = "a photo of the digit {}."
@@ -45,10 +45,20 @@ def write_digits_folder(root: str | Path, size: int = 64, per_class: int | None 
     marker = root / ".complete"
     if marker.is_file() and marker.read_text() == f"{size}:{per_class}":
         return root
-    for name in DIGIT_NAMES:  # a different size or count: start over rather than mix old files in
-        shutil.rmtree(root / name, ignore_errors=True)
-    for i, (img, name) in enumerate(digit_images(size, per_class)):
-        atomic_write_with(root / name / f"{i:04d}.png", lambda tmp, img=img: img.save(tmp, format="PNG"))
+    # The marker, written last, is what says the folder is complete; it goes first, so that a run
+    # killed half way is started over rather than taken for complete. (Per-image atomic writes would
+    # buy nothing more and cost a folder scan per image.)
+    images = digit_images(size, per_class)
+    try:
+        marker.unlink(missing_ok=True)
+        for name in DIGIT_NAMES:  # a different size or count: start over rather than mix old files in
+            shutil.rmtree(root / name, ignore_errors=True)
+        for i, (img, name) in enumerate(images):
+            folder = root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            img.save(folder / f"{i:04d}.png", format="PNG")
+    except OSError as exc:
+        raise FileWriteError(f"cannot write the digits images into {root}: {first_line(exc)}") from None
     atomic_write_text(marker, f"{size}:{per_class}")
     return root
 
