@@ -77,11 +77,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         lr = check_float(self.lr, "learning rate")
-        if lr <= 0:
-            raise ConfigError(f"learning rate must be > 0, got {lr!r}")
+        if not 0 < lr <= MAX_STEP_SETTING:
+            raise ConfigError(f"learning rate must be > 0 and at most {MAX_STEP_SETTING:g}, got {lr!r}")
         weight_decay = check_float(self.weight_decay, "weight decay")
-        if weight_decay < 0:
-            raise ConfigError(f"weight decay must be >= 0, got {weight_decay!r}")
+        if not 0 <= weight_decay <= MAX_STEP_SETTING:
+            raise ConfigError(f"weight decay must be >= 0 and at most {MAX_STEP_SETTING:g}, got {weight_decay!r}")
         object.__setattr__(self, "lr", lr)
         object.__setattr__(self, "weight_decay", weight_decay)
         for name in ("batch_size", "max_epochs", "patience", "shots"):
@@ -137,6 +137,9 @@ class ClipSpec:
 
 
 SEED_RANGE = (0, 2**32 - 1)  # what numpy's and torch's generators accept
+# Far beyond any useful Adam step size or decay, and far below where torch's fp32 optimizer arithmetic
+# overflows into an exception (1e38) instead of a loss that training can report as diverged.
+MAX_STEP_SETTING = 1e6
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 
