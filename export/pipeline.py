@@ -2,28 +2,40 @@
 repository) in one folder, written atomically.
 
 Everything is built in a temporary folder next to the destination and renamed into place only
-when every step (validation included) succeeded; an error or Ctrl-C removes the temporary folder,
-so the destination never holds a half-written export.
+when every step (validation included) succeeded; an error, Ctrl-C or SIGTERM removes the temporary
+folder, so the destination never holds a half-written export.
+
+Destinations are checked before anything is loaded: ``--overwrite`` replaces only what an earlier
+export wrote (its manifest, or the serving repository's marker, lists it), never a folder holding
+anything else or the export's own inputs; ``--out`` and ``--serving-repo`` are separate folders; a
+symbolic link is followed (its target is replaced, the link kept) and a dangling one refused. A lock
+file beside each destination lets only one export write it at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from mmadapter.export import onnx_io
-from mmadapter.export.manifest import file_entry, package_versions, sha256_file, write_manifest
+from mmadapter.export.defaults import DEFAULT_MAX_CLASSES, DEFAULT_PROVIDERS
+from mmadapter.export.manifest import file_entry, listed_files, package_versions, seal, sha256_file, write_manifest
 from mmadapter.export.tensorrt import BatchProfile
 
-from mmadapter.errors import ExportError
+from mmadapter.errors import ExportError, MMAdapterError
+from mmadapter.files import first_line, remove_stale_temps, temp_name
 
 MAX_REPORTED_FAILURES = 6
+LOCK_SUFFIX = ".lock"
 
 
 @dataclass
@@ -39,35 +51,249 @@ class ExportResult:
         return sorted(self.manifest["files"])
 
 
-def _check_destination(path: Path, overwrite: bool, what: str) -> None:
+# Arguments ------------------------------------------------------------------------------------------------
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_export_arguments(*, opset: int = onnx_io.DEFAULT_OPSET, profile: BatchProfile | None = None,
+                           max_classes: int = DEFAULT_MAX_CLASSES,
+                           providers: Sequence[str] | None = DEFAULT_PROVIDERS) -> BatchProfile:
+    """The cheap checks of an export's arguments (no model loaded); returns the batch profile to use.
+    Raises one ExportError line naming the argument."""
+    import warnings
+
+    from mmadapter.export.runtime import resolve_providers
+
+    if not _is_int(opset) or opset not in onnx_io.SUPPORTED_OPSETS:
+        raise ExportError(f"opset {opset!r} is not supported; choose {onnx_io.MIN_OPSET}-{onnx_io.MAX_OPSET}")
+    profile = profile if profile is not None else BatchProfile()
+    if not all(_is_int(v) for v in (profile.min, profile.opt, profile.max)):
+        raise ExportError(f"TensorRT batch profile sizes must be integers, got {profile.min!r}/{profile.opt!r}/"
+                          f"{profile.max!r}")
+    if not _is_int(max_classes) or max_classes < 1:
+        raise ExportError(f"max_classes must be an integer >= 1, got {max_classes!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a GPU provider missing here is reported when validation runs
+        resolve_providers(providers)  # unknown names: one ExportError
+    return profile
+
+
+# Destinations ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Destination:
+    """A folder the export writes, with symbolic links followed."""
+
+    given: Path  # as the caller named it, for messages
+    path: Path  # absolute, links resolved: what is replaced
+    what: str  # "--out" / "--serving-repo"
+    owned: Callable[[Path], str | None]  # first entry of a folder that no export wrote, or None
+
+    @property
+    def tmp(self) -> Path:
+        return temp_name(self.path)
+
+    @property
+    def lock(self) -> Path:
+        return self.path.with_name(f".{self.path.name}{LOCK_SUFFIX}")
+
+
+def _resolve(path: Path, what: str) -> Path:
+    try:
+        if path.is_symlink():
+            return path.resolve(strict=True)
+        return path.resolve()
+    except (OSError, RuntimeError):
+        raise ExportError(f"{what} {path} is a broken symbolic link (or a link loop); refusing to write through it") \
+            from None
+
+
+def _foreign_in_export(folder: Path) -> str | None:
+    owned = listed_files(folder)
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if owned is None or entry.name not in owned or not entry.is_file(follow_symlinks=False):
+            return entry.name
+    return None
+
+
+def _foreign_in_repository(folder: Path) -> str | None:
+    from mmadapter.export.serving import MARKER, written_files
+
+    owned = written_files(folder)
+    for root, dirs, files in os.walk(folder):
+        rel_root = Path(root).relative_to(folder)
+        for name in sorted(files) + sorted(d for d in dirs if (Path(root) / d).is_symlink()):
+            rel = (rel_root / name).as_posix()
+            if owned is None or (rel not in owned and rel != MARKER) or (Path(root) / name).is_symlink():
+                return rel
+    return None
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def _check_destination(dest: Destination, overwrite: bool, inputs: Sequence[tuple[str, Path]]) -> None:
+    path, given, what = dest.path, dest.given, dest.what
+    for label, inp in inputs:
+        if _is_within(inp, path):
+            raise ExportError(f"{what} {given} holds the {label} {inp}; choose a folder that does not contain the "
+                              "export's inputs")
     if path.exists() and not path.is_dir():
-        raise ExportError(f"{what} {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise ExportError(f"{what} {path} is not empty (use --overwrite to replace it)")
-    parent = path.resolve().parent
-    probe = parent
+        raise ExportError(f"{what} {given} exists and is not a folder")
+    if path.is_dir():
+        try:
+            empty = not any(path.iterdir())
+            foreign = None if empty or not overwrite else dest.owned(path)
+        except OSError as exc:
+            raise ExportError(f"{what} {given} cannot be read: {first_line(exc)}") from None
+        if not empty and not overwrite:
+            raise ExportError(f"{what} {given} is not empty (use --overwrite to replace it)")
+        if foreign is not None:
+            raise ExportError(f"{what} {given} holds files that no export wrote (e.g. {foreign}); refusing to "
+                              "replace it")
+    probe = path.parent
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ExportError(f"{what} {path} cannot be written: {probe} is not writable")
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ExportError(f"{what} {given} cannot be written: {probe} is not a writable folder")
 
 
-def _temp_beside(path: Path) -> Path:
-    parent = path.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".{path.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
+def _inputs(checkpoint: Path) -> list[tuple[str, Path]]:
+    """The checkpoint and the CLIP weights file it names (from its header; no tensors loaded)."""
+    found = [("checkpoint", checkpoint.resolve())]
+    try:
+        from mmadapter.checkpoint import read_metadata
+
+        weights = read_metadata(checkpoint).get("clip", {}).get("weights_path")
+    except (MMAdapterError, OSError, AttributeError):
+        return found  # loading the checkpoint reports what is wrong with it
+    if isinstance(weights, str) and weights:
+        path = Path(weights)
+        found.append(("CLIP weights file", (path if path.is_absolute() else checkpoint.parent / path).resolve()))
+    return found
 
 
-def _move_into_place(tmp: Path, dest: Path) -> None:
-    """Replace ``dest`` by ``tmp`` with renames only (an old export survives until the last step)."""
+def check_destinations(checkpoint: str | Path, out_dir: str | Path, serving_repo: str | Path | None = None,
+                       overwrite: bool = False) -> list[Destination]:
+    """The destinations of an export after every check that needs no lock (see the module
+    docstring); raises one ExportError line naming the argument and the file."""
+    checkpoint = Path(checkpoint)
+    out = Destination(Path(out_dir), _resolve(Path(out_dir), "--out"), "--out", _foreign_in_export)
+    dests = [out]
+    if serving_repo is not None:
+        repo = Destination(Path(serving_repo), _resolve(Path(serving_repo), "--serving-repo"), "--serving-repo",
+                           _foreign_in_repository)
+        if _is_within(repo.path, out.path) or _is_within(out.path, repo.path):
+            raise ExportError(f"--serving-repo {repo.given} and --out {out.given} must be separate folders, neither "
+                              "inside the other")
+        dests.append(repo)
+    inputs = _inputs(checkpoint)
+    for dest in dests:
+        _check_destination(dest, overwrite, inputs)
+    return dests
+
+
+@contextlib.contextmanager
+def _claimed(dest: Destination, overwrite: bool, inputs: Sequence[tuple[str, Path]]) -> Iterator[Path]:
+    """Lock ``dest``, check it again under the lock, remove stale temporaries of killed runs and
+    yield a fresh temporary folder beside it. On leaving (success, error, Ctrl-C, SIGTERM) the
+    temporary folder, the lock file and any parent folders made here are removed."""
+    made: list[Path] = []
+    probe = dest.path.parent
+    while not probe.exists():
+        made.append(probe)
+        probe = probe.parent
+    fd = None
+    try:
+        try:
+            for folder in reversed(made):
+                folder.mkdir()
+            fd = _lock(dest)
+            _check_destination(dest, overwrite, inputs)
+            remove_stale_temps(dest.path)
+            tmp = dest.tmp
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        except OSError as exc:
+            raise _write_error(dest, exc) from None
+        yield tmp
+    finally:
+        shutil.rmtree(dest.tmp, ignore_errors=True)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                dest.lock.unlink()
+            os.close(fd)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _write_error(dest: Destination, exc: OSError) -> MMAdapterError:
+    if isinstance(exc, MMAdapterError):
+        return exc
+    reason = "no space left on the device" if exc.errno == errno.ENOSPC else first_line(exc)
+    return ExportError(f"cannot write {dest.what} {dest.given}: {reason}")
+
+
+def _lock(dest: Destination) -> int:
+    """An exclusive flock on ``.<name>.lock`` beside ``dest``; a held lock is an error at once."""
+    for _ in range(5):
+        fd = os.open(dest.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with contextlib.suppress(OSError):
+                pid = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise ExportError(f"another export into {dest.what} {dest.given} is running (pid {pid or 'unknown'}); "
+                              f"wait for it to finish") from None
+        # The holder before us may have removed the file after we opened it: then our lock is on a
+        # file no one else sees, and we start again with the one now at that path.
+        try:
+            same = os.stat(dest.lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
+    raise ExportError(f"cannot lock {dest.what} {dest.given}: {dest.lock} keeps changing")
+
+
+def _move_into_place(tmp: Path, dest: Destination, overwrite: bool) -> None:
+    """Replace ``dest`` by ``tmp`` with renames only. An earlier export is set aside under a temporary
+    name, checked again there (nothing can add to it by its old name any more), and removed last;
+    renaming onto a folder that another process filled meanwhile fails instead of replacing it."""
+    path = dest.path
     old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-        dest.rename(old)
-    tmp.rename(dest)
+    if os.path.lexists(path):
+        if path.is_symlink() or not path.is_dir():
+            raise ExportError(f"{dest.what} {dest.given} changed during the export; nothing was replaced")
+        old = temp_name(path, ".old")
+        os.rename(path, old)
+        try:
+            foreign = (next(iter(os.scandir(old)), None) and old.name) if not overwrite else dest.owned(old)
+        except OSError:
+            foreign = old.name
+        if foreign is not None:
+            os.rename(old, path)
+            raise ExportError(f"{dest.what} {dest.given} changed during the export (now holds {foreign}); "
+                              "nothing was replaced")
+    try:
+        os.rename(tmp, path)
+    except OSError as exc:
+        if old is not None:
+            try:
+                os.rename(old, path)
+            except OSError:
+                raise ExportError(f"{dest.what} {dest.given} was created by another process during the export; "
+                                  f"the previous export is kept in {old}") from None
+        raise ExportError(f"{dest.what} {dest.given} was created by another process during the export; not "
+                          f"replaced ({first_line(exc)})") from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -79,8 +305,8 @@ def _summarise(failures: list[str]) -> str:
 
 
 def export_checkpoint(
-    checkpoint: Path,
-    out_dir: Path,
+    checkpoint: str | Path,
+    out_dir: str | Path,
     *,
     fp16: bool = False,
     int8: bool = False,
@@ -89,129 +315,133 @@ def export_checkpoint(
     overwrite: bool = False,
     tensorrt: bool = False,
     profile: BatchProfile | None = None,
-    max_classes: int = 4096,
-    serving_repo: Path | None = None,
-    providers: Sequence[str] | None = ("cpu",),
+    max_classes: int = DEFAULT_MAX_CLASSES,
+    serving_repo: str | Path | None = None,
+    providers: Sequence[str] | None = DEFAULT_PROVIDERS,
     progress: bool = True,
 ) -> ExportResult:
-    """Export a checkpoint; see the module docstring. Raises one-line MMAdapterErrors."""
-    import torch
-    from mmadapter.export.specs import build_specs
-    from mmadapter.export.validate import build_cases, validate_graph
+    """Export a checkpoint; see the module docstring. Raises one-line MMAdapterErrors; on any error
+    or interruption the destinations are as they were and nothing is left beside them."""
     from tqdm import tqdm
 
-    from mmadapter.backbone import load_clip
-    from mmadapter.checkpoint import load_checkpoint
-
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    profile = profile or BatchProfile()
-    _check_destination(out_dir, overwrite, "output folder")
-    if serving_repo is not None:
-        _check_destination(Path(serving_repo), overwrite, "serving repository")
+    profile = check_export_arguments(opset=opset, profile=profile, max_classes=max_classes, providers=providers)
+    checkpoint = Path(checkpoint)
+    dests = check_destinations(checkpoint, out_dir, serving_repo, overwrite)
+    inputs = _inputs(checkpoint)
     precisions = ["fp32"] + ["fp16"] * fp16 + ["int8"] * int8
     steps = 2 + 4 * len(precisions) + int(validate) + int(tensorrt) + int(serving_repo is not None) + 1
     # disable=None: no bar when stderr is not a terminal (logs, pipes), so errors stay one line there.
     bar = tqdm(total=steps, desc="export", unit="step", disable=None if progress else True, file=sys.stderr,
                leave=False)
+    try:  # the bar is cleared before any error is printed, so the error is the only line left
+        with contextlib.ExitStack() as stack:
+            temps = [stack.enter_context(_claimed(d, overwrite, inputs)) for d in dests]
+            try:
+                manifest, reports, tensorrt_error = _export(
+                    checkpoint, temps[0], temps[1] if serving_repo is not None else None, bar, fp16=fp16,
+                    int8=int8, opset=opset, validate=validate, tensorrt=tensorrt, profile=profile,
+                    max_classes=max_classes, providers=providers)
+            except OSError as exc:
+                raise _write_error(dests[0], exc) from None
+            bar.set_postfix_str("move into place")
+            for dest, tmp in zip(dests, temps):
+                _move_into_place(tmp, dest, overwrite)
+            bar.update()
+    finally:
+        bar.close()
+    return ExportResult(dests[0].path, manifest, reports, dests[1].path if serving_repo is not None else None,
+                        tensorrt_error)
+
+
+def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp16: bool, int8: bool, opset: int,
+            validate: bool, tensorrt: bool, profile: BatchProfile, max_classes: int,
+            providers: Sequence[str] | None) -> tuple[dict[str, Any], list[dict[str, Any]], str | None]:
+    """Every file of the export into ``tmp`` (and the repository into ``repo_tmp``)."""
+    import torch
+    from mmadapter.export.specs import build_specs
+    from mmadapter.export.validate import build_cases, validate_graph
+
+    from mmadapter.backbone import load_clip
+    from mmadapter.checkpoint import load_checkpoint
 
     def step(name: str) -> None:
         bar.set_postfix_str(name)
 
-    try:  # the bar is cleared before any error is printed, so the error is the only line left
-        step("load checkpoint")
-        adapter, meta = load_checkpoint(checkpoint, backend="torch")
-        clip = load_clip(meta.clip)
-        if clip.embed_dim != meta.adapter.embed_dim:
-            raise ExportError(f"adapter width {meta.adapter.embed_dim} does not match CLIP {meta.clip.model_name} "
-                              f"(embedding width {clip.embed_dim})")
+    step("load checkpoint")
+    adapter, meta = load_checkpoint(checkpoint, backend="torch")
+    clip = load_clip(meta.clip)
+    if clip.embed_dim != meta.adapter.embed_dim:
+        raise ExportError(f"adapter width {meta.adapter.embed_dim} does not match CLIP {meta.clip.model_name} "
+                          f"(embedding width {clip.embed_dim})")
+    bar.update()
+    step("class bank")
+    with torch.no_grad():
+        class_emb = clip.class_embeddings(meta.label_set.class_names, meta.label_set.templates)
+        bank = adapter.class_bank(class_emb, meta.label_set.class_names)
+    context_length = int(getattr(clip.tokenizer, "context_length", 77))
+    specs = build_specs(clip.model, adapter, bank, meta.logit_scale, clip.image_size, context_length)
+    bar.update()
+    graphs: dict[str, Any] = {}
+    fusions: dict[str, dict[str, int]] = {}
+    for spec in specs:
+        step(f"export {spec.name}")
+        portable = onnx_io.export_graph(spec, tmp / f"{spec.name}.onnx", opset)
+        files = {"fp32": {"portable": portable.name, "ort": f"{spec.name}.ort.onnx"}}
+        fusions[spec.name] = onnx_io.optimize_for_ort(portable, tmp / files["fp32"]["ort"])
+        if fp16:
+            files["fp16"] = {"portable": f"{spec.name}.fp16.onnx", "ort": f"{spec.name}.fp16.ort.onnx"}
+            onnx_io.to_fp16(portable, tmp / files["fp16"]["portable"])
+            # fp16 after fusion, as ONNX Runtime recommends: the fused ops get fp16 kernels.
+            onnx_io.to_fp16(tmp / files["fp32"]["ort"], tmp / files["fp16"]["ort"])
+        int8_matmuls = 0
+        if int8 and spec.int8_scopes:
+            # From the fused graph: the quantizer keeps ORT's fusions. No portable int8 file:
+            # its DynamicQuantize/MatMulInteger ops are for ONNX Runtime on CPU, not TensorRT.
+            files["int8"] = {"ort": f"{spec.name}.int8.ort.onnx"}
+            int8_matmuls = onnx_io.quantize_int8(tmp / files["fp32"]["ort"], tmp / files["int8"]["ort"],
+                                                 spec.int8_scopes)
+        graphs[spec.name] = {
+            "description": spec.description,
+            "batchable": spec.batchable,
+            "batch_inputs": [t.name for t in spec.inputs if t.batch_axis in ("batch", "text_batch")],
+            "io": {"inputs": [t.to_dict() for t in spec.inputs], "outputs": [t.to_dict() for t in spec.outputs]},
+            "files": files,
+            "ort_fusions": fusions[spec.name],
+            **({"int8_matmuls": int8_matmuls} if int8_matmuls else {}),
+        }
+        bar.update(1 + int(fp16) + int(int8))
+
+    reports: list[dict[str, Any]] = []
+    if validate:
+        step("validate")
+        reports = _validate_all(specs, graphs, tmp, clip, adapter, bank, meta, providers, build_cases,
+                                validate_graph)
+        failures = [f for r in reports for f in r["failures"]]
+        if failures:
+            raise ExportError(f"validation failed: {_summarise(failures)}")
         bar.update()
-        step("class bank")
-        with torch.no_grad():
-            class_emb = clip.class_embeddings(meta.label_set.class_names, meta.label_set.templates)
-            bank = adapter.class_bank(class_emb, meta.label_set.class_names)
-        context_length = int(getattr(clip.tokenizer, "context_length", 77))
-        specs = build_specs(clip.model, adapter, bank, meta.logit_scale, clip.image_size, context_length)
+
+    manifest = _manifest(tmp, checkpoint, meta, clip, graphs, opset, reports, validate, context_length)
+    tensorrt_error = None
+    if tensorrt:
+        step("tensorrt")
+        from mmadapter.export.tensorrt import tensorrt_unavailable_reason
+
+        tensorrt_error = tensorrt_unavailable_reason()
+        if tensorrt_error is None:
+            manifest["tensorrt"] = _build_engines(tmp, graphs, profile, max_classes, len(bank.class_names), fp16)
         bar.update()
-    except BaseException:
-        bar.close()
-        raise
+    manifest["files"] = {name: file_entry(tmp, name) for name in sorted(os.listdir(tmp))
+                         if (tmp / name).is_file() and not name.endswith(".json")}
+    manifest = seal(manifest)
+    write_manifest(tmp, manifest)
+    if repo_tmp is not None:
+        step("serving repository")
+        from mmadapter.export.serving import write_model_repository
 
-    tmp = _temp_beside(out_dir)
-    repo_tmp = None
-    try:
-        repo_tmp = _temp_beside(Path(serving_repo)) if serving_repo is not None else None
-        graphs: dict[str, Any] = {}
-        fusions: dict[str, dict[str, int]] = {}
-        for spec in specs:
-            step(f"export {spec.name}")
-            portable = onnx_io.export_graph(spec, tmp / f"{spec.name}.onnx", opset)
-            files = {"fp32": {"portable": portable.name, "ort": f"{spec.name}.ort.onnx"}}
-            fusions[spec.name] = onnx_io.optimize_for_ort(portable, tmp / files["fp32"]["ort"])
-            if fp16:
-                files["fp16"] = {"portable": f"{spec.name}.fp16.onnx", "ort": f"{spec.name}.fp16.ort.onnx"}
-                onnx_io.to_fp16(portable, tmp / files["fp16"]["portable"])
-                # fp16 after fusion, as ONNX Runtime recommends: the fused ops get fp16 kernels.
-                onnx_io.to_fp16(tmp / files["fp32"]["ort"], tmp / files["fp16"]["ort"])
-            int8_matmuls = 0
-            if int8 and spec.int8_scopes:
-                # From the fused graph: the quantizer keeps ORT's fusions. No portable int8 file:
-                # its DynamicQuantize/MatMulInteger ops are for ONNX Runtime on CPU, not TensorRT.
-                files["int8"] = {"ort": f"{spec.name}.int8.ort.onnx"}
-                int8_matmuls = onnx_io.quantize_int8(tmp / files["fp32"]["ort"], tmp / files["int8"]["ort"],
-                                                     spec.int8_scopes)
-            graphs[spec.name] = {
-                "description": spec.description,
-                "batchable": spec.batchable,
-                "batch_inputs": [t.name for t in spec.inputs if t.batch_axis in ("batch", "text_batch")],
-                "io": {"inputs": [t.to_dict() for t in spec.inputs], "outputs": [t.to_dict() for t in spec.outputs]},
-                "files": files,
-                "ort_fusions": fusions[spec.name],
-                **({"int8_matmuls": int8_matmuls} if int8_matmuls else {}),
-            }
-            bar.update(len(precisions))
-
-        reports: list[dict[str, Any]] = []
-        if validate:
-            step("validate")
-            reports = _validate_all(specs, graphs, tmp, clip, adapter, bank, meta, providers, build_cases,
-                                    validate_graph)
-            failures = [f for r in reports for f in r["failures"]]
-            if failures:
-                raise ExportError(f"validation failed: {_summarise(failures)}")
-            bar.update()
-
-        manifest = _manifest(tmp, checkpoint, meta, clip, graphs, opset, reports, validate, context_length)
-        tensorrt_error = None
-        if tensorrt:
-            step("tensorrt")
-            from mmadapter.export.tensorrt import tensorrt_unavailable_reason
-
-            tensorrt_error = tensorrt_unavailable_reason()
-            if tensorrt_error is None:
-                manifest["tensorrt"] = _build_engines(tmp, graphs, profile, max_classes, len(bank.class_names), fp16)
-            bar.update()
-        manifest["files"] = {name: file_entry(tmp, name) for name in sorted(os.listdir(tmp))
-                             if (tmp / name).is_file() and not name.endswith(".json")}
-        write_manifest(tmp, manifest)
-        if repo_tmp is not None:
-            step("serving repository")
-            from mmadapter.export.serving import write_model_repository
-
-            write_model_repository(tmp, repo_tmp, manifest, profile.max, "fp16" if fp16 else "fp32")
-            bar.update()
-        step("move into place")
-        _move_into_place(tmp, out_dir)
-        if repo_tmp is not None:
-            _move_into_place(repo_tmp, Path(serving_repo))
+        write_model_repository(tmp, repo_tmp, manifest, profile.max, "fp16" if fp16 else "fp32")
         bar.update()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if repo_tmp is not None:
-            shutil.rmtree(repo_tmp, ignore_errors=True)
-        raise
-    finally:
-        bar.close()
-    return ExportResult(out_dir, manifest, reports, Path(serving_repo) if serving_repo else None, tensorrt_error)
+    return manifest, reports, tensorrt_error
 
 
 def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, build_cases, validate_graph):

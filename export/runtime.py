@@ -15,10 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mmadapter.export.defaults import DEFAULT_PROVIDERS  # noqa: F401 - validation's providers, re-exported
 from mmadapter.export.manifest import read_manifest, verified_file
 from mmadapter.export.preprocess import Preprocessing, load_image, preprocess_batch
 
 from mmadapter.errors import DataError, ExportError
+from mmadapter.files import first_line
+
+_NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+                 "tensor(int32)": np.int32, "tensor(double)": np.float64}
 
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _SHORT = {"tensorrt": PROVIDER_ORDER[0], "trt": PROVIDER_ORDER[0], "cuda": PROVIDER_ORDER[1], "cpu": PROVIDER_ORDER[2]}
@@ -41,7 +46,11 @@ def resolve_providers(requested: Sequence[str] | None = None) -> list[str]:
         wanted = list(PROVIDER_ORDER)
     else:
         wanted = []
+        if isinstance(requested, str):
+            requested = [requested]
         for name in requested:
+            if not isinstance(name, str):
+                raise ExportError(f"execution provider names are strings, got {name!r}")
             full = _SHORT.get(name.lower(), name)
             if full not in PROVIDER_ORDER and full not in available:
                 raise ExportError(f"unknown execution provider {name!r}; choose from tensorrt, cuda, cpu")
@@ -90,10 +99,52 @@ class Session:
         self.input_names = [i.name for i in self.sess.get_inputs()]
         self.output_names = [o.name for o in self.sess.get_outputs()]
         # Inputs whose first axis is the request batch (the class bank of adapter_head is not).
-        self.batch_inputs = list(batch_axis_inputs) if batch_axis_inputs is not None else self.input_names
+        batch_inputs = list(batch_axis_inputs) if batch_axis_inputs is not None else self.input_names
+        unknown = [n for n in batch_inputs if n not in self.input_names]
+        if unknown:
+            raise ExportError(f"{self.path.name} has no inputs {unknown} (it takes {self.input_names})")
+        self.batch_inputs = batch_inputs
         self.on_gpu = self.providers[0] in _GPU
 
+    def check_feeds(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Feeds as arrays after checking names, dtypes, ranks and fixed dims against the graph, so
+        that a wrong input is one DataError naming it rather than ONNX Runtime's multi-line message."""
+        if not isinstance(feeds, dict):
+            raise DataError(f"{self.path.name}: inputs must be a dict of arrays by name")
+        missing = sorted(set(self.input_names) - set(feeds))
+        if missing:
+            raise ExportError(f"{self.path.name}: missing inputs {missing}")
+        unknown = sorted(set(feeds) - set(self.input_names))
+        if unknown:
+            raise DataError(f"{self.path.name}: unknown inputs {unknown}; the graph takes {self.input_names}")
+        out = {}
+        for meta in self.sess.get_inputs():
+            value = feeds[meta.name]
+            want = _NUMPY_DTYPES.get(meta.type)
+            if not isinstance(value, np.ndarray) or (want is not None and value.dtype != want):
+                got = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+                want_name = np.dtype(want).name if want is not None else meta.type
+                raise DataError(f"{self.path.name}: input {meta.name} must be a {want_name} array, got {got}")
+            if value.ndim != len(meta.shape):
+                raise DataError(f"{self.path.name}: input {meta.name} needs {len(meta.shape)} dims "
+                                f"{list(meta.shape)}, got shape {list(value.shape)}")
+            for axis, (dim, size) in enumerate(zip(meta.shape, value.shape)):
+                if (isinstance(dim, int) and dim != size) or size == 0:
+                    raise DataError(f"{self.path.name}: input {meta.name} has shape {list(value.shape)}, the graph "
+                                    f"takes {list(meta.shape)} (axis {axis})")
+            out[meta.name] = value
+        return out
+
     def _run_once(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self._run_unchecked(feeds)
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own types; feeds were checked already
+            error = DataError if type(exc).__name__ == "InvalidArgument" else ExportError
+            raise error(f"ONNX Runtime cannot run {self.path.name}: {first_line(exc)}") from None
+
+    def _run_unchecked(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if not self.on_gpu:
             return self.sess.run(self.output_names, feeds)
         # IO binding: inputs copied to the device once, outputs left there until the final copy.
@@ -107,12 +158,14 @@ class Session:
 
     def run(self, feeds: dict[str, np.ndarray], batch_size: int = 64) -> dict[str, np.ndarray]:
         """Outputs by name; inputs with a batch axis are processed ``batch_size`` rows at a time."""
-        missing = set(self.input_names) - set(feeds)
-        if missing:
-            raise ExportError(f"{self.path.name}: missing inputs {sorted(missing)}")
-        total = next(feeds[n].shape[0] for n in self.batch_inputs) if self.batch_inputs else 1
-        if total == 0:
+        if isinstance(feeds, dict) and any(getattr(feeds.get(n), "shape", (1,))[:1] == (0,)
+                                           for n in self.batch_inputs):
             raise DataError("nothing to run: the batch is empty")
+        feeds = self.check_feeds(feeds)
+        sizes = {feeds[n].shape[0] for n in self.batch_inputs}
+        if len(sizes) > 1:
+            raise DataError(f"{self.path.name}: inputs {self.batch_inputs} have different batch sizes {sorted(sizes)}")
+        total = sizes.pop() if sizes else 1
         chunks: list[list[np.ndarray]] = []
         for start in range(0, total, max(1, batch_size)):
             part = {n: (v[start:start + batch_size] if n in self.batch_inputs else v) for n, v in feeds.items()}
@@ -130,6 +183,7 @@ class ExportedModel:
         self.providers = providers
         self.precision = precision
         self.intra_op_threads = intra_op_threads
+        # read_manifest checked the schema and the hash: the fields below exist and have their types.
         self.class_names: list[str] = list(self.manifest["label_set"]["class_names"])
         self.preprocessing = Preprocessing.from_dict(self.manifest["preprocessing"])
         self._sessions: dict[str, Session] = {}
@@ -152,13 +206,35 @@ class ExportedModel:
     def session(self, graph: str) -> Session:
         if graph not in self._sessions:
             first = resolve_providers(self.providers)[0]
-            batch_inputs = self.manifest["graphs"].get(graph, {}).get("batch_inputs")
-            self._sessions[graph] = Session(self.graph_file(graph, first), self.providers, self.intra_op_threads,
-                                            batch_inputs)
+            path = self.graph_file(graph, first)
+            batch_inputs = self.manifest["graphs"][graph]["batch_inputs"]
+            session = Session(path, self.providers, self.intra_op_threads, batch_inputs)
+            if graph == "image_classifier":
+                self._check_classifier(session)
+            self._sessions[graph] = session
         return self._sessions[graph]
 
+    def _check_classifier(self, session: Session) -> None:
+        """The graph itself (not only the manifest) must give one logit per class name and take
+        images of the preprocessing's size: a label set of another length would mislabel."""
+        outputs = {o.name: o.shape for o in session.sess.get_outputs()}
+        inputs = {i.name: i.shape for i in session.sess.get_inputs()}
+        logits, pixels = outputs.get("logits"), inputs.get("pixels")
+        name = session.path.name
+        if logits is None or len(logits) != 2 or logits[1] != len(self.class_names):
+            raise ExportError(f"{name} gives logits of shape {logits}, but the manifest names "
+                              f"{len(self.class_names)} classes")
+        size = list(self.preprocessing.image_size)
+        if pixels is None or len(pixels) != 4 or list(pixels[1:]) != [3, *size]:
+            raise ExportError(f"{name} takes pixels of shape {pixels}, but the manifest's preprocessing gives "
+                              f"[batch, 3, {size[0]}, {size[1]}]")
+
     def classify_pixels(self, pixels: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
-        return self.session("image_classifier").run({"pixels": pixels.astype(np.float32)}, batch_size)
+        try:
+            pixels = np.asarray(pixels, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"pixels must be a float array [batch, 3, H, W]: {first_line(exc)}") from None
+        return self.session("image_classifier").run({"pixels": pixels}, batch_size)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

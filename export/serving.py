@@ -9,9 +9,16 @@ served with ``max_batch_size: 0`` and full dims.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
+
+from mmadapter.files import atomic_write_text, atomic_write_with
+
+# What a repository written here holds, so that a later --overwrite replaces only that.
+MARKER = ".mmadapter-serving.json"
+MARKER_FORMAT = "mmadapter-serving-repository"
 
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 
@@ -36,21 +43,36 @@ def config_pbtxt(name: str, platform: str, io: dict[str, Any], batchable: bool, 
 
 def write_model_repository(export_dir: Path, repo: Path, manifest: dict[str, Any], max_batch_size: int = 64,
                            precision: str = "fp32") -> list[Path]:
-    """Write one ONNX model per graph, and one TensorRT model per engine in the manifest."""
+    """Write one ONNX model per graph, and one TensorRT model per engine in the manifest, plus the
+    :data:`MARKER` listing every file written. Write errors are one FileWriteError line."""
     written = []
+    files: list[str] = []
     for graph, entry in manifest["graphs"].items():
-        files = entry["files"].get(precision) or entry["files"]["fp32"]
+        paths = entry["files"].get(precision) or entry["files"]["fp32"]
         # The portable graph: Triton's ORT backend applies its own fusions, and a portable file
         # does not depend on the contrib ops of the ONNX Runtime version that Triton bundles.
-        models = [(graph, "onnxruntime_onnx", files["portable"], "model.onnx", False)]
+        models = [(graph, "onnxruntime_onnx", paths["portable"], "model.onnx", False)]
         engine = manifest.get("tensorrt", {}).get("engines", {}).get(graph)
         if engine:
             models.append((f"{graph}_trt", "tensorrt_plan", engine["file"], "model.plan", True))
         for name, platform, src, dst_name, gpu in models:
-            version = repo / name / "1"
-            version.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(export_dir / src, version / dst_name)
-            cfg = repo / name / "config.pbtxt"
-            cfg.write_text(config_pbtxt(name, platform, entry["io"], entry["batchable"], max_batch_size, gpu))
+            model_file = repo / name / "1" / dst_name
+            atomic_write_with(model_file, lambda tmp, src=src: shutil.copyfile(Path(export_dir) / src, tmp))
+            cfg = atomic_write_text(repo / name / "config.pbtxt",
+                                    config_pbtxt(name, platform, entry["io"], entry["batchable"], max_batch_size, gpu))
+            files += [f"{name}/1/{dst_name}", f"{name}/config.pbtxt"]
             written.append(cfg)
+    atomic_write_text(repo / MARKER, json.dumps({"format": MARKER_FORMAT, "files": sorted(files)}, indent=2) + "\n")
     return written
+
+
+def written_files(repo: Path) -> set[str] | None:
+    """Paths (relative, '/'-separated) that :func:`write_model_repository` wrote into ``repo``, from
+    its marker; None when ``repo`` has no readable marker."""
+    try:
+        data = json.loads((Path(repo) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != MARKER_FORMAT or not isinstance(data.get("files"), list):
+        return None
+    return {f for f in data["files"] if isinstance(f, str) and ".." not in f.split("/")}

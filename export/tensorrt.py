@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmadapter.export.defaults import DEFAULT_PROFILE
+
 from mmadapter.errors import ExportError
+from mmadapter.files import atomic_write_bytes, atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -31,9 +34,9 @@ class GpuInfo:
 
 @dataclass(frozen=True)
 class BatchProfile:
-    min: int = 1
-    opt: int = 8
-    max: int = 64
+    min: int = DEFAULT_PROFILE[0]
+    opt: int = DEFAULT_PROFILE[1]
+    max: int = DEFAULT_PROFILE[2]
 
     def __post_init__(self) -> None:
         if not 1 <= self.min <= self.opt <= self.max:
@@ -164,12 +167,10 @@ def build_engine(onnx_path: Path, plan_path: Path, inputs: list[dict[str, Any]],
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"TensorRT failed to build an engine from {onnx_path.name} (see the log above)")
-    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
-    tmp = plan_path.with_name(plan_path.name + ".partial")
-    tmp.write_bytes(bytes(serialized))
-    tmp.replace(plan_path)
+    atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+    atomic_write_bytes(plan_path, bytes(serialized))
     meta = make_sidecar(sha256_file(onnx_path), trt.__version__, gpu, profile, precision)
-    sidecar_path(plan_path).write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(sidecar_path(plan_path), json.dumps(meta, indent=2) + "\n")
     return plan_path
 
 

@@ -5,6 +5,8 @@ one, the graph structure (no (N+1)^2 attention, named dynamic axes), and bad inp
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +59,10 @@ def test_export_writes_every_graph_and_manifest(exported: ExportBundle) -> None:
 
 def test_manifest_hashes_io_versions_and_label_set(exported: ExportBundle) -> None:
     m = exported.manifest()
-    assert m["format"] == "mmadapter-onnx-export" and m["format_version"] == 1
+    assert m["format"] == "mmadapter-onnx-export" and m["format_version"] == 2
+    # The manifest's own hash: sha256 of its canonical JSON without the field, computed here independently.
+    body = json.dumps({k: v for k, v in m.items() if k != "manifest_sha256"}, sort_keys=True, separators=(",", ":"))
+    assert m["manifest_sha256"] == hashlib.sha256(body.encode()).hexdigest()
     for name, entry in m["files"].items():  # sha256 recomputed here, independently of the package
         data = (exported.out_dir / name).read_bytes()
         assert entry["sha256"] == hashlib.sha256(data).hexdigest(), name
@@ -302,12 +307,12 @@ def _one_error_line(err: str) -> str:
 
 
 def _no_leftovers(parent: Path) -> None:
-    assert not [p.name for p in parent.iterdir() if ".partial" in p.name or ".old-" in p.name]
+    assert not [p.name for p in parent.iterdir() if ".partial" in p.name or ".old" in p.name or ".lock" in p.name]
 
 
 def test_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    assert cli.main(["--checkpoint", str(tmp_path / "nope.safetensors"), "--out", str(out), "--quiet"]) == 1
+    assert cli.main(["--checkpoint", str(tmp_path / "nope.safetensors"), "--out", str(out), "--quiet"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "nope.safetensors" in line and "not found" in line
     assert not out.exists()
@@ -321,7 +326,7 @@ def test_truncated_checkpoint(exported: ExportBundle, tmp_path: Path,
         bad = tmp_path / "truncated.safetensors"
         bad.write_bytes(data[:cut])
         out = tmp_path / "out"
-        assert cli.main(["--checkpoint", str(bad), "--out", str(out), "--quiet"]) == 1
+        assert cli.main(["--checkpoint", str(bad), "--out", str(out), "--quiet"]) == 2
         line = _one_error_line(capsys.readouterr().err)
         assert "truncated.safetensors" in line
         assert not out.exists()
@@ -333,14 +338,14 @@ def test_non_empty_output_folder_needs_overwrite(exported: ExportBundle, tmp_pat
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert cli.main(["--checkpoint", str(exported.checkpoint), "--out", str(out), "--quiet"]) == 1
+    assert cli.main(["--checkpoint", str(exported.checkpoint), "--out", str(out), "--quiet"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "not empty" in line and "--overwrite" in line
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
     _no_leftovers(tmp_path)
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
-    assert cli.main(["--checkpoint", str(exported.checkpoint), "--out", str(not_a_dir), "--quiet"]) == 1
+    assert cli.main(["--checkpoint", str(exported.checkpoint), "--out", str(not_a_dir), "--quiet"]) == 2
     assert "not a folder" in _one_error_line(capsys.readouterr().err)
 
 
@@ -352,14 +357,14 @@ def test_validation_failure_leaves_old_export_untouched(exported: ExportBundle, 
     monkeypatch.setattr(onnx_io, "optimize_for_ort", optimize)
     monkeypatch.setitem(validate.COSINE_MIN, "fp32", 1.5)  # impossible: every embedding check fails
     out, repo = tmp_path / "out", tmp_path / "repo"
-    out.mkdir()
-    (out / "old.txt").write_text("previous export")
+    shutil.copytree(exported.out_dir, out)  # a previous export, which --overwrite may replace
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     argv = ["--checkpoint", str(exported.checkpoint), "--out", str(out), "--overwrite", "--quiet",
             "--serving-repo", str(repo)]
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert line.startswith("error: validation failed: ") and "cosine" in line and "more)" in line
-    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not repo.exists()
     _no_leftovers(tmp_path)
 
@@ -419,20 +424,20 @@ def test_interrupt_half_way_leaves_nothing(exported: ExportBundle, tmp_path: Pat
 def test_bad_opset_and_profile(exported: ExportBundle, tmp_path: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    assert cli.main(["--checkpoint", str(exported.checkpoint), "--out", str(out), "--quiet", "--opset", "12"]) == 1
+    assert cli.main(["--checkpoint", str(exported.checkpoint), "--out", str(out), "--quiet", "--opset", "12"]) == 2
     assert "opset 12 is not supported" in _one_error_line(capsys.readouterr().err)
     assert cli.main(["--checkpoint", str(exported.checkpoint), "--out", str(out), "--quiet",
-                     "--min-batch", "9", "--opt-batch", "8"]) == 1
+                     "--min-batch", "9", "--opt-batch", "8"]) == 2
     assert "min <= opt <= max" in _one_error_line(capsys.readouterr().err)
     assert not out.exists()
     _no_leftovers(tmp_path)
 
 
 def test_root_export_script_bad_checkpoint(tmp_path: Path) -> None:
-    """`python export.py` from the repository root: exit code 1, one stderr line, no traceback."""
+    """`python export.py` from the repository root: exit code 2, one stderr line, no traceback."""
     proc = subprocess.run([sys.executable, str(ROOT / "export.py"), "--checkpoint", str(tmp_path / "missing.st"),
                            "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     assert "missing.st" in _one_error_line(proc.stderr)
     assert proc.stdout == ""
     assert sorted(tmp_path.iterdir()) == []

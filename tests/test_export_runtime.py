@@ -21,6 +21,7 @@ from mmadapter.export.validate import sample_images
 from PIL import Image
 
 from mmadapter.errors import DataError, ExportError, MMAdapterError
+from mmadapter.images import ImageSkip
 from mmadapter.predict import predict_images
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
@@ -177,9 +178,12 @@ def test_corrupt_and_missing_images_are_one_line_errors(exported: ExportBundle, 
     empty.write_bytes(b"")
     for bad in (not_an_image, truncated, empty, tmp_path / "absent.png"):
         with pytest.raises(MMAdapterError) as info:
-            classify_images(exported.out_dir, [png_folder[0], bad], top_k=1)
+            classify_images(exported.out_dir, [png_folder[0], bad], top_k=1, strict=True)
         assert isinstance(info.value, DataError)
         assert bad.name in _one_line(info.value)
+        # Not strict: the unreadable image is skipped in its place, the readable one still classified.
+        good, skipped = classify_images(exported.out_dir, [png_folder[0], bad], top_k=1)
+        assert isinstance(skipped, ImageSkip) and not isinstance(good, ImageSkip)
 
 
 def test_tampered_or_missing_export_files(exported: ExportBundle, tmp_path: Path,
@@ -236,4 +240,4 @@ assert sys.modules["torch"] is None
     lines = proc.stdout.strip().splitlines()
     expected = [top[0][0] for _, top in classify_images(exported.out_dir, png_folder[:4], top_k=2)]
     assert lines[0] == str(expected)
-    assert lines[1] == "error: image not found: /nonexistent.png"
+    assert lines[1].startswith("error: ") and "/nonexistent.png" in lines[1] and "not found" in lines[1]

@@ -12,7 +12,7 @@ from typing import Any
 import onnx
 import pytest
 from export_fixtures import ExportBundle
-from mmadapter.export.serving import config_pbtxt, write_model_repository
+from mmadapter.export.serving import MARKER, config_pbtxt, write_model_repository, written_files
 
 GRAPHS = {"image_classifier", "text_encoder", "class_bank", "adapter_head"}
 ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
@@ -112,7 +112,10 @@ def _io(model: onnx.ModelProto) -> dict[str, list[tuple[str, str, list[int | str
 def test_repository_layout(exported: ExportBundle) -> None:
     repo = exported.serving_repo
     assert exported.result.serving_repo == repo
-    assert {p.name for p in repo.iterdir()} == GRAPHS
+    assert {p.name for p in repo.iterdir()} == GRAPHS | {MARKER}
+    # The marker lists exactly the files written, so that a later --overwrite replaces only those.
+    listed = {str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file() and p.name != MARKER}
+    assert written_files(repo) == listed and len(listed) == 2 * len(GRAPHS)
     manifest = exported.manifest()
     for graph in GRAPHS:
         files = sorted(str(p.relative_to(repo / graph)) for p in (repo / graph).rglob("*") if p.is_file())
