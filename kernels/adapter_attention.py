@@ -48,7 +48,7 @@ def _down(x_ptr, sxb, sxc, rows, rmask, wd_ptr, bd_ptr,
           C: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BB: tl.constexpr, BC: tl.constexpr,
           PRECISION: tl.constexpr):
     """d = down(v / |v|) [BB, DP] in fp32, plus |v|^2 [BB]. Normalising is a per-row scale, so it
-    is applied to the accumulated product instead of to v."""
+    is applied to the accumulated product instead of to v. ``rows`` are int64 (see the kernel)."""
     offs_d = tl.arange(0, DP)
     acc = tl.zeros((BB, DP), dtype=tl.float32)
     sumsq = tl.zeros((BB,), dtype=tl.float32)
@@ -121,7 +121,12 @@ def _adapter_attention_kernel(
     pid_s = tl.program_id(1)
     rows = pid_b * BB + tl.arange(0, BB)
     rmask = rows < B
-    d, sumsq = _down(x_ptr, sxb, sxc, rows, rmask, wd_ptr, bd_ptr, C, D, DP, BB, BC, PRECISION)
+    # Addresses from a row or class index are computed in int64: Triton passes strides < 2^31 as int32, and
+    # an int32 index times such a stride wraps silently once it passes 2^31 (a strided view of a large
+    # batch; the split partials of a large one). Masks and the partials' in-plane offsets stay int32.
+    rows64 = rows.to(tl.int64)
+    pid_s64 = pid_s.to(tl.int64)
+    d, sumsq = _down(x_ptr, sxb, sxc, rows64, rmask, wd_ptr, bd_ptr, C, D, DP, BB, BC, PRECISION)
 
     hh = tl.arange(0, HP)
     ml_offs = hh[:, None] * B + rows[None, :]  # [HP, BB] into a [HP, B] plane
@@ -144,7 +149,7 @@ def _adapter_attention_kernel(
         start = pid_s * keys_per_split
         end = tl.minimum(N, start + keys_per_split)
         for n0 in range(start, end, BN):
-            kt = tl.load(k_ptr + (n0 + kn) * skn + (kh * HD + kd) * skd,
+            kt = tl.load(k_ptr + (n0 + kn).to(tl.int64) * skn + (kh * HD + kd) * skd,
                          mask=kcol_ok & ((n0 + kn) < end), other=0.0)
             s = tl.dot(q3, kt, input_precision=PRECISION)  # [HP, BB, BN], log2 units
             s = tl.where(((n0 + tl.arange(0, BN)) < end)[None, None, :], s, float("-inf"))
@@ -152,28 +157,29 @@ def _adapter_attention_kernel(
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, :, None])
             l_i = l_i * alpha + tl.sum(p, axis=2)
-            vt = tl.load(val_ptr + (n0 + vn) * svn + (vh * HD + vd) * svd,
+            vt = tl.load(val_ptr + (n0 + vn).to(tl.int64) * svn + (vh * HD + vd) * svd,
                          mask=vcol_ok & ((n0 + vn) < end), other=0.0)
             acc = tl.dot(p.to(val_ptr.dtype.element_ty), vt, acc * alpha[:, :, None], input_precision=PRECISION)
             m_i = m_new
         if MODE == 1:
-            plane = pid_s * 2 * HP * B
+            plane = pid_s64 * 2 * HP * B
             store_mask = rmask[None, :]
             tl.store(pml_ptr + plane + ml_offs, m_i, mask=store_mask)
             tl.store(pml_ptr + plane + HP * B + ml_offs, l_i, mask=store_mask)
-            tl.store(pacc_ptr + pid_s * HP * B * HDP + acc_offs, acc, mask=store_mask[:, :, None])
+            tl.store(pacc_ptr + pid_s64 * HP * B * HDP + acc_offs, acc, mask=store_mask[:, :, None])
     else:
         # Combine the key splits: rescale each split's sum and accumulator to the global max.
         m_i = tl.full((HP, BB), float("-inf"), dtype=tl.float32)
         for sp in range(0, num_splits):
-            m_s = tl.load(pml_ptr + sp * 2 * HP * B + ml_offs, mask=rmask[None, :], other=0.0)
+            m_s = tl.load(pml_ptr + tl.cast(sp, tl.int64) * 2 * HP * B + ml_offs, mask=rmask[None, :], other=0.0)
             m_i = tl.maximum(m_i, m_s)
         l_i = tl.zeros((HP, BB), dtype=tl.float32)
         acc = tl.zeros((HP, BB, HDP), dtype=tl.float32)
         for sp in range(0, num_splits):
-            m_s = tl.load(pml_ptr + sp * 2 * HP * B + ml_offs, mask=rmask[None, :], other=0.0)
-            l_s = tl.load(pml_ptr + sp * 2 * HP * B + HP * B + ml_offs, mask=rmask[None, :], other=1.0)
-            a_s = tl.load(pacc_ptr + sp * HP * B * HDP + acc_offs, mask=rmask[None, :, None], other=0.0)
+            sp64 = tl.cast(sp, tl.int64)  # sp is a Python int in the interpreter
+            m_s = tl.load(pml_ptr + sp64 * 2 * HP * B + ml_offs, mask=rmask[None, :], other=0.0)
+            l_s = tl.load(pml_ptr + sp64 * 2 * HP * B + HP * B + ml_offs, mask=rmask[None, :], other=1.0)
+            a_s = tl.load(pacc_ptr + sp64 * HP * B * HDP + acc_offs, mask=rmask[None, :, None], other=0.0)
             w = tl.exp2(m_s - m_i)
             l_i += l_s * w
             acc += a_s * w[:, :, None]
@@ -203,7 +209,7 @@ def _adapter_attention_kernel(
             bu = tl.load(bu_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
             a = tl.sum(tl.dot(o3, wu, input_precision=PRECISION), axis=0) + bu
             u = tl.sum(tl.dot(os3, wu, input_precision=PRECISION), axis=0) + bu
-            xv = tl.load(x_ptr + rows[:, None] * sxb + cols[None, :] * sxc,
+            xv = tl.load(x_ptr + rows64[:, None] * sxb + cols[None, :] * sxc,
                          mask=rmask[:, None] & (cols < C)[None, :], other=0.0).to(tl.float32)
             aa += tl.sum(a * a, axis=1)
             va += tl.sum(xv * a, axis=1)
@@ -223,9 +229,9 @@ def _adapter_attention_kernel(
             bu = tl.load(bu_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
             a = tl.sum(tl.dot(o3, wu, input_precision=PRECISION), axis=0) + bu
             u = tl.sum(tl.dot(os3, wu, input_precision=PRECISION), axis=0) + bu
-            xv = tl.load(x_ptr + rows[:, None] * sxb + cols[None, :] * sxc, mask=cmask, other=0.0).to(tl.float32)
+            xv = tl.load(x_ptr + rows64[:, None] * sxb + cols[None, :] * sxc, mask=cmask, other=0.0).to(tl.float32)
             y = (keep * xv * inv_v[:, None] + blend * a * inv_a[:, None]) * inv_y[:, None]
-            out_offs = rows[:, None] * C + cols[None, :]
+            out_offs = rows64[:, None] * C + cols[None, :]
             tl.store(outv_ptr + out_offs, y.to(outv_ptr.dtype.element_ty), mask=cmask)
             tl.store(outs_ptr + out_offs, (u * inv_u[:, None]).to(outs_ptr.dtype.element_ty), mask=cmask)
 
@@ -338,6 +344,9 @@ def adapt_image_triton(
     num_splits = max(1, min(int(num_splits), key_blocks))
     keys_per_split = triton.cdiv(key_blocks, num_splits) * block_n
     num_splits = triton.cdiv(n_keys, keys_per_split)  # no empty split
+    if hp * batch * hdp >= 2**31:
+        # The partials are indexed in int32 within a split's plane; a batch this large fills the GPU unsplit.
+        keys_per_split, num_splits = key_blocks * block_n, 1
 
     if num_splits > 1:
         pml = torch.empty((num_splits, 2, hp, batch), dtype=torch.float32, device=device)

@@ -29,6 +29,10 @@ def _adapter_logits_kernel(
     cls = tl.program_id(1) * BN + tl.arange(0, BN)
     rmask = rows < B
     nmask = cls < N
+    # Row and class offsets in int64: the logits of 100k images x 21,843 classes are 2.2e9 > 2^31 elements,
+    # and an int32 index times an int32 stride wraps silently (Triton passes strides < 2^31 as int32).
+    rows64 = rows.to(tl.int64)
+    cls64 = cls.to(tl.int64)
     vt = tl.zeros((BB, BN), dtype=tl.float32)
     st = tl.zeros((BB, BN), dtype=tl.float32)
     tt = tl.zeros((BN,), dtype=tl.float32)
@@ -36,9 +40,10 @@ def _adapter_logits_kernel(
     for c0 in range(0, C, BC):
         cols = c0 + tl.arange(0, BC)
         cmask = cols < C
-        v = tl.load(v_ptr + rows[:, None] * svb + cols[None, :] * svc, mask=rmask[:, None] & cmask[None, :], other=0.0)
-        s = tl.load(s_ptr + rows[:, None] * ssb + cols[None, :] * ssc, mask=rmask[:, None] & cmask[None, :], other=0.0)
-        t = tl.load(t_ptr + cls[None, :] * stn + cols[:, None] * stc, mask=nmask[None, :] & cmask[:, None], other=0.0)
+        bcmask = rmask[:, None] & cmask[None, :]
+        v = tl.load(v_ptr + rows64[:, None] * svb + cols[None, :] * svc, mask=bcmask, other=0.0)
+        s = tl.load(s_ptr + rows64[:, None] * ssb + cols[None, :] * ssc, mask=bcmask, other=0.0)
+        t = tl.load(t_ptr + cls64[None, :] * stn + cols[:, None] * stc, mask=nmask[None, :] & cmask[:, None], other=0.0)
         vt = tl.dot(v, t, vt, input_precision=PRECISION)
         st = tl.dot(s, t, st, input_precision=PRECISION)
         tf = t.to(tl.float32)
@@ -51,7 +56,7 @@ def _adapter_logits_kernel(
     # Clamped like functional: t = -s with blend 0.5 would make the adapted text zero.
     norm_sq = tl.maximum(keep * keep + blend * blend + 2.0 * keep * blend * st, 1e-12)
     out = scale * (keep * vt + blend * vs[:, None]) / tl.sqrt(norm_sq)
-    tl.store(out_ptr + rows[:, None] * sob + cls[None, :] * son, out.to(out_ptr.dtype.element_ty),
+    tl.store(out_ptr + rows64[:, None] * sob + cls64[None, :] * son, out.to(out_ptr.dtype.element_ty),
              mask=rmask[:, None] & nmask[None, :])
 
 
@@ -79,23 +84,29 @@ def adapted_logits_triton(
     logit_scale: float = 100.0,
     *,
     fp32_precision: str = "ieee",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """v' [B, C], s [B, C] (unit-norm, as ``adapt_image_triton`` writes them) and text embeddings [N, C]
-    (normalised here) -> logits [B, N] in the input dtype; what ``functional.adapted_logits`` computes."""
+    (normalised here) -> logits [B, N] in the input dtype; what ``functional.adapted_logits`` computes.
+    ``out``: a [B, N] tensor of that dtype and device, any strides, to write the logits into (returned)."""
     check_tensor("v_adapted", v_adapted, 2)
     c_width = v_adapted.shape[1]
     check_tensor("shift", shift, 2, (v_adapted.shape[0], c_width))
     check_tensor("text_emb", text_emb, 2, (None, c_width))
-    dtype, device = check_common({"v_adapted": v_adapted, "shift": shift, "text_emb": text_emb})
+    batch, n_cls = v_adapted.shape[0], text_emb.shape[0]
+    named = {"v_adapted": v_adapted, "shift": shift, "text_emb": text_emb}
+    if out is not None:
+        named["out"] = check_tensor("out", out, 2, (batch, n_cls))
+    dtype, device = check_common(named)
     if isinstance(logit_scale, torch.Tensor):
         raise ValueError("logit_scale must be a Python float here; multiply a tensor scale outside the kernel")
     if not 0.0 <= float(blend) <= 1.0:
         raise ValueError(f"blend must lie in [0, 1], got {blend}")
-    batch, n_cls = v_adapted.shape[0], text_emb.shape[0]
     meta = launch_meta(c_width, dtype, batch, fp32_precision=fp32_precision)
     if n_cls == 0:
         raise ValueError("text_emb needs at least one class (N >= 1)")
-    out = torch.empty((batch, n_cls), dtype=dtype, device=device)
+    if out is None:
+        out = torch.empty((batch, n_cls), dtype=dtype, device=device)
     if batch == 0:
         return out
     grid = (triton.cdiv(batch, int(meta["BB"])), triton.cdiv(n_cls, int(meta["BN"])))

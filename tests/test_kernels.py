@@ -209,6 +209,10 @@ def test_launcher_errors(monkeypatch: pytest.MonkeyPatch) -> None:
             adapt_image_triton(image, keys, values, p[:7], 4, 0.2)
         with pytest.raises(ValueError, match="text_emb must have shape"):
             adapted_logits_triton(image, image, text[:, :100], 0.2)
+        with pytest.raises(ValueError, match=r"out must have shape \[2, 3\]"):
+            adapted_logits_triton(image, image, text, 0.2, out=torch.empty(3, 2, device=DEVICE))
+        with pytest.raises(ValueError, match="dtype mix: out"):
+            adapted_logits_triton(image, image, text, 0.2, out=torch.empty(2, 3, device=DEVICE, dtype=torch.float16))
         if DEVICE == "cpu":
             monkeypatch.setenv("TRITON_INTERPRET", "0")
             with pytest.raises(ValueError, match="need CUDA tensors"):
