@@ -276,13 +276,17 @@ def _move_into_place(tmp: Path, dest: Destination, overwrite: bool) -> None:
         old = temp_name(path, ".old")
         os.rename(path, old)
         try:
-            foreign = (next(iter(os.scandir(old)), None) and old.name) if not overwrite else dest.owned(old)
-        except OSError:
-            foreign = old.name
+            if overwrite:
+                foreign = dest.owned(old)
+            else:
+                with os.scandir(old) as entries:
+                    foreign = next((e.name for e in entries), None)
+        except OSError as exc:
+            foreign = first_line(exc)
         if foreign is not None:
             os.rename(old, path)
-            raise ExportError(f"{dest.what} {dest.given} changed during the export (now holds {foreign}); "
-                              "nothing was replaced")
+            raise ExportError(f"{dest.what} {dest.given} was filled by another process during the export (it holds "
+                              f"{foreign}); nothing was replaced")
     try:
         os.rename(tmp, path)
     except OSError as exc:
