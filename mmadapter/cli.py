@@ -1,47 +1,160 @@
-"""The ``mmadapter`` console script: thin argparse subcommands over typed functions.
+"""The ``mmadapter`` console script (and ``python export.py``): thin argparse subcommands over typed
+functions, all run under one error contract (:func:`run`):
 
-Every problem with what the user gave (an :class:`MMAdapterError`, or an OS error reading or writing
-their files) is printed as one line ``error: ...`` on stderr with exit status 2, never a traceback;
-Ctrl-C exits with 130.
+- a problem with what the user gave or with their machine (an :class:`MMAdapterError`, any
+  ``OSError``, safetensors' and PIL's own errors, ONNX Runtime rejecting an input, a bad argument)
+  is ONE line ``error: ...`` on stderr and exit status 2, never a traceback;
+- Ctrl-C exits 130 and SIGTERM 143, after the command's own cleanup ran (both arrive as exceptions
+  derived from ``BaseException``, so every ``try/finally`` and ``except BaseException`` cleans up);
+- anything else is a bug of ours: one line naming it, exit status 1 (``MMADAPTER_DEBUG=1`` shows
+  the traceback).
+
+Arguments are checked before any expensive work (models, embeddings, exports).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import signal
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
 
-from mmadapter.config import ClipSpec, TrainConfig
 from mmadapter.errors import DataError, MMAdapterError
+from mmadapter.files import first_line
 
+EXIT_OK = 0
+EXIT_INTERNAL_ERROR = 1
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+SEED_RANGE = (0, 2**32 - 1)  # what numpy and torch generators accept
+
+
+class UsageError(MMAdapterError):
+    """A command line argparse could not parse, or an argument value out of range."""
+
+
+class Terminated(BaseException):  # noqa: N818 - named like KeyboardInterrupt, its sibling
+    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its errors raised (one line, exit 2 through :func:`run`) instead of printing
+    the usage and exiting from deep inside."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+# -- argument types: checked at parse time, so a bad value never reaches expensive work -----------------
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    lo, hi = SEED_RANGE
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(f"expected a seed in {lo}..{hi}, got {value}")
+    return value
+
+
+def template_text(text: str) -> str:
+    from mmadapter.labels import check_template
+
+    try:
+        return check_template(text)
+    except MMAdapterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def device_name(text: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N``; whether a GPU is there is checked when the command runs."""
+    name = text.strip().lower()
+    if name == "cpu" or name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+
+
+def _check_device(device: str) -> None:
+    if device == "cpu":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA GPU is visible here")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA GPUs")
+
+
+def _existing_file(path: Path | None, flag: str) -> None:
+    if path is not None and not path.is_file():
+        raise UsageError(f"{flag} {path}: " + ("is a folder, not a file" if path.is_dir() else "file not found"))
+
+
+# -- subcommands -----------------------------------------------------------------------------------------
 
 
 def _add_clip_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name (default: ViT-B-16, the paper's)")
     p.add_argument("--pretrained", default="openai", help="open_clip pretrained tag (default: openai)")
     p.add_argument("--clip-weights", type=Path, help="local CLIP weights file (used instead of --pretrained)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
+    from mmadapter.config import TrainConfig
+
     p.add_argument("--data", type=Path, required=True,
                    help="an image folder (one sub-folder per class), or the root holding a registered dataset")
     p.add_argument("--dataset", help="registered dataset name (ImageNet, OxfordPets, ...) under --data")
-    p.add_argument("--template", help="prompt template with '{}' (default: the dataset's CoOp template)")
-    p.add_argument("--shots", type=int, default=TrainConfig.shots)
-    p.add_argument("--seed", type=int, default=TrainConfig.seed)
-    p.add_argument("--epochs", type=int, default=TrainConfig.max_epochs, help="maximum epochs (early stopping)")
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--cache-dir", type=Path, default=Path(".mmadapter-cache"), help="embedding cache folder")
+    p.add_argument("--template", type=template_text,
+                   help="prompt template with exactly one '{}' (default: the dataset's CoOp template)")
+    p.add_argument("--shots", type=positive_int, default=TrainConfig.shots)
+    p.add_argument("--seed", type=seed_int, default=TrainConfig.seed)
+    p.add_argument("--epochs", type=positive_int, default=TrainConfig.max_epochs,
+                   help="maximum epochs (early stopping)")
+    p.add_argument("--lr", type=positive_float, default=TrainConfig.lr)
+    p.add_argument("--cache-dir", type=Path, default=Path(".mmadapter-cache"),
+                   help="embedding cache folder (if it cannot be written, the run goes on without it)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: when stderr is a terminal)")
 
 
-def _clip_spec(args: argparse.Namespace) -> ClipSpec:
+def _clip_spec(args: argparse.Namespace) -> Any:
+    from mmadapter.config import ClipSpec
+
     if args.clip_weights is not None:
+        _existing_file(args.clip_weights, "--clip-weights")
         return ClipSpec(args.clip_model, None, str(args.clip_weights.resolve()), None)
     return ClipSpec(args.clip_model, args.pretrained or None)
 
@@ -50,24 +163,36 @@ def _progress(args: argparse.Namespace) -> bool:
     return sys.stderr.isatty() if args.progress is None else args.progress
 
 
-def _train_config(args: argparse.Namespace) -> TrainConfig:
-    if args.shots < 1 or args.epochs < 1:
-        raise DataError("--shots and --epochs must be at least 1")
+def _train_config(args: argparse.Namespace) -> Any:
+    from mmadapter.config import TrainConfig
+
     return TrainConfig(lr=args.lr, max_epochs=args.epochs, shots=args.shots, seed=args.seed)
+
+
+def _check_data(args: argparse.Namespace) -> None:
+    if not args.data.is_dir():
+        raise UsageError(f"--data {args.data}: folder not found")
+    _check_device(args.device)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mmadapter.experiment import open_dataset, train_checkpoint
     from mmadapter.features import ClipProvider
 
+    config, spec = _train_config(args), _clip_spec(args)
+    _check_data(args)
+    if args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a folder; give the checkpoint file to write (.safetensors)")
+    if args.out.exists() and not args.overwrite:
+        raise UsageError(f"--out {args.out} exists (use --overwrite to replace it)")
     dataset = open_dataset(args.data, args.dataset, args.template)
     path, result, test_acc = train_checkpoint(
-        dataset, ClipProvider(_clip_spec(args), args.device), args.out, _train_config(args),
-        base_only=args.base_only, cache_dir=args.cache_dir, progress=_progress(args),
+        dataset, ClipProvider(spec, args.device), args.out, config,
+        base_only=args.base_only, cache_dir=args.cache_dir, progress=_progress(args), overwrite=args.overwrite,
     )
     print(f"trained {len(result.history)} epochs (best {result.best_epoch}, val {result.best_val_acc:.2f}%), "
           f"test accuracy {test_acc:.2f}%; checkpoint {path}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -75,61 +200,142 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mmadapter.experiment import evaluate_base_to_novel, open_dataset
     from mmadapter.features import ClipProvider
 
+    config, spec = _train_config(args), _clip_spec(args)
+    _check_data(args)
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file; give a folder for the report")
     dataset = open_dataset(args.data, args.dataset, args.template)
-    report = evaluate_base_to_novel(dataset, ClipProvider(_clip_spec(args), args.device), _train_config(args),
+    report = evaluate_base_to_novel(dataset, ClipProvider(spec, args.device), config,
                                     cache_dir=args.cache_dir, progress=_progress(args))
     paths = write_report(report, args.out)
     print(report.to_markdown())
     print("report: " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    return EXIT_OK
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mmadapter.predict import collect_images, format_predictions, parse_class_list, predict_images
+    from mmadapter.predictions import collect_images, count_skipped, format_predictions, parse_class_list
 
     if (args.checkpoint is None) == (args.onnx is None):
-        raise DataError("give exactly one of --checkpoint CKPT or --onnx DIR")
+        raise UsageError("give exactly one of --checkpoint CKPT or --onnx DIR")
     if args.checkpoint is not None:
         from mmadapter.checkpoint import read_metadata
 
+        _existing_file(args.checkpoint, "--checkpoint")
         read_metadata(args.checkpoint)  # a bad checkpoint is reported before any image is looked at
+        _check_device(args.device)
+    classes = parse_class_list(args.classes) if args.classes is not None else None
     images = collect_images(args.images)
     if args.onnx is not None:
-        if args.classes is not None:
-            raise DataError("--classes needs --checkpoint: an exported model's label set is fixed at export")
+        if classes is not None:
+            raise UsageError("--classes needs --checkpoint: an exported model's label set is fixed at export")
         try:
             from mmadapter.export.runtime import classify_images
         except ImportError as exc:
             raise DataError(f"ONNX prediction is unavailable ({exc}); install 'mmadapter[runtime]'") from None
-        predictions = classify_images(args.onnx, images, args.top_k, precision=args.precision)
+        results = classify_images(args.onnx, images, args.top_k, precision=args.precision, strict=args.strict)
     else:
-        classes = parse_class_list(args.classes) if args.classes is not None else None
-        predictions = predict_images(args.checkpoint, images, args.top_k, classes, device=args.device)
-    print(format_predictions(predictions))
-    return 0
+        from mmadapter.predict import predict_images
+
+        results = predict_images(args.checkpoint, images, args.top_k, classes, device=args.device,
+                                 strict=args.strict)
+    print(format_predictions(results))
+    skipped = count_skipped(results)
+    if skipped:
+        print(f"warning: {skipped} of {len(results)} images skipped (unreadable, corrupt or too large; "
+              "--strict makes that an error)", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from mmadapter.demo import run_demo
 
     run_demo(args.out, progress=_progress(args))
-    return 0
+    return EXIT_OK
 
 
-def cmd_export(rest: list[str]) -> int:
-    from mmadapter.export.cli import main as export_main  # lazy: export needs onnx, which is optional
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    """The export's arguments, shared by ``mmadapter export`` and ``python export.py``. Defaults come
+    from the modules that use them (opset, batch profile, providers), defined there once."""
+    from mmadapter.export.defaults import (
+        DEFAULT_MAX_CLASSES,
+        DEFAULT_OPSET,
+        DEFAULT_PROFILE,
+        DEFAULT_PROVIDERS,
+        SUPPORTED_OPSETS,
+    )
 
-    return export_main(rest)
+    p.add_argument("--checkpoint", type=Path, required=True, help="adapter checkpoint (.safetensors)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (must be empty unless --overwrite)")
+    p.add_argument("--fp16", action="store_true", help="also write fp16 graphs (fp32 LayerNorm/softmax, fp32 I/O)")
+    p.add_argument("--int8", action="store_true", help="also write an int8 image classifier for ONNX Runtime on CPU "
+                   "(dynamic quantization of the image tower's transformer blocks; validated, see README)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset, {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})")
+    p.add_argument("--no-validate", dest="validate", action="store_false", help="skip validation against torch")
+    p.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (needs TensorRT and a GPU)")
+    p.add_argument("--min-batch", type=positive_int, default=DEFAULT_PROFILE[0])
+    p.add_argument("--opt-batch", type=positive_int, default=DEFAULT_PROFILE[1])
+    p.add_argument("--max-batch", type=positive_int, default=DEFAULT_PROFILE[2])
+    p.add_argument("--max-classes", type=positive_int, default=DEFAULT_MAX_CLASSES,
+                   help="largest class bank for the adapter_head engine")
+    p.add_argument("--serving-repo", type=Path, default=None, help="also write a Triton model repository here")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous export in --out (never a folder holding anything else)")
+    p.add_argument("--providers", nargs="+", default=list(DEFAULT_PROVIDERS),
+                   help=f"ONNX Runtime providers for validation: tensorrt, cuda, cpu (default: "
+                        f"{' '.join(DEFAULT_PROVIDERS)})")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_export)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmadapter", description="Multi-Modal Adapter for CLIP")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def cmd_export(args: argparse.Namespace) -> int:
+    from mmadapter.export.defaults import SUPPORTED_OPSETS
+
+    if args.opset not in SUPPORTED_OPSETS:
+        raise UsageError(f"--opset {args.opset} is not supported; choose "
+                         f"{SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}")
+    _existing_file(args.checkpoint, "--checkpoint")
+    from mmadapter.export.pipeline import export_checkpoint
+    from mmadapter.export.runtime import resolve_providers
+    from mmadapter.export.tensorrt import BatchProfile
+
+    profile = BatchProfile(args.min_batch, args.opt_batch, args.max_batch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a missing GPU provider is reported when validation runs
+        resolve_providers(args.providers)  # unknown names are an error before anything is loaded
+    result = export_checkpoint(
+        args.checkpoint, args.out, fp16=args.fp16, int8=args.int8, opset=args.opset, validate=args.validate,
+        overwrite=args.overwrite, tensorrt=args.tensorrt, profile=profile, max_classes=args.max_classes,
+        serving_repo=args.serving_repo, providers=args.providers, progress=not args.quiet,
+    )
+    v = result.manifest["validation"]
+    status = "validated" if v["run"] and v["passed"] else "NOT validated (--no-validate)"
+    print(f"wrote {len(result.files)} files to {result.out_dir} ({status})")
+    if result.serving_repo:
+        print(f"wrote a Triton model repository to {result.serving_repo}")
+    if result.tensorrt_error:
+        raise UsageError(f"--tensorrt: {result.tensorrt_error}; the ONNX files were written to {result.out_dir}")
+    return EXIT_OK
+
+
+def build_export_parser(prog: str = "export.py") -> ArgumentParser:
+    """``python export.py``: the export subcommand's arguments as a parser of their own."""
+    p = ArgumentParser(prog=prog, description="Export an mmadapter checkpoint to validated ONNX graphs "
+                       "(and TensorRT engines / a Triton model repository).")
+    add_export_arguments(p)
+    return p
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="mmadapter", description="Multi-Modal Adapter for CLIP")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=ArgumentParser)
 
     p = sub.add_parser("train", help="train the adapter on a few-shot dataset and save a checkpoint")
     _add_data_args(p)
     _add_clip_args(p)
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--base-only", action="store_true", help="train on the base half of the classes only")
     p.set_defaults(func=cmd_train)
 
@@ -143,11 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files and/or folders of images")
     p.add_argument("--checkpoint", type=Path, help="adapter checkpoint (.safetensors)")
     p.add_argument("--onnx", type=Path, help="exported model folder (ONNX Runtime; no torch needed)")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--classes", help="comma-separated class names or a file with one per line (open vocabulary)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--top-k", type=positive_int, default=5)
+    p.add_argument("--classes", help="comma-separated class names, or a file with one per line (open vocabulary)")
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or cuda:N (--checkpoint only)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                    help="which exported graphs --onnx serves (fp16/int8 need export --fp16/--int8)")
+    p.add_argument("--strict", action="store_true",
+                   help="an unreadable, corrupt or oversized image is an error (default: skipped and counted)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="the whole path offline on a tiny random CLIP and the digits dataset")
@@ -155,36 +363,115 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     p.set_defaults(func=cmd_demo)
 
-    # Listed for --help only: `export` takes its own arguments (see `mmadapter export --help`).
-    sub.add_parser("export", help="export a checkpoint to ONNX / TensorRT (see: mmadapter export --help)")
+    p = sub.add_parser("export", help="export a checkpoint to validated ONNX graphs (TensorRT engines, a Triton "
+                       "model repository)", description="Export an mmadapter checkpoint to validated ONNX graphs.")
+    add_export_arguments(p)
     return parser
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+# -- the error contract ----------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _is_user_fault(exc: BaseException) -> bool:
+    """Errors of libraries we call that mean "this input or this machine cannot be used", not a bug:
+    safetensors' SafetensorError, PIL's DecompressionBombError, ONNX Runtime's input errors."""
+    name = type(exc).__name__
+    module = type(exc).__module__ or ""
+    return (name in {"SafetensorError", "DecompressionBombError", "UnidentifiedImageError"}
+            or module.startswith("onnxruntime") or isinstance(exc, MemoryError))
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a command runs, SIGTERM raises :class:`Terminated` in the main thread (cleanup runs)."""
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated()
+
     try:
-        if argv and argv[0] == "export":
-            return cmd_export(argv[1:])
-        try:
-            args = build_parser().parse_args(argv)
-        except SystemExit as exc:  # argparse has printed usage (or --help): keep main() returning an int
-            return exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
-        func: Callable[[argparse.Namespace], int] = args.func
-        return func(args)
-    except MMAdapterError as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except OSError as exc:  # a file the user named cannot be read or written (permissions, full disk, ...)
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (a test harness): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line_warnings(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                       file: Any = None, line: str | None = None) -> None:
+    print(f"warning: {first_line(Exception(str(message)))}", file=file or sys.stderr)
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+        handler: Callable[[argparse.Namespace], int] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command under the error contract (module docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    previous_showwarning = warnings.showwarning
+    warnings.showwarning = _one_line_warnings
+    try:
+        with _sigterm_raises():
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit as exc:  # --help / --version printed their text
+                return exc.code if isinstance(exc.code, int) else EXIT_OK
+            func = handler or args.func
+            return func(args)
+    except BrokenPipeError:  # `mmadapter predict ... | head`: the reader chose to stop reading
+        return EXIT_OK
+    except (MMAdapterError, OSError) as exc:
+        print(f"error: {_describe(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("error: interrupted (nothing half-written was left behind)", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print("error: terminated (nothing half-written was left behind)", file=sys.stderr)
+        return EXIT_TERMINATED
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        if os.environ.get("MMADAPTER_DEBUG"):
+            raise
+        if _is_user_fault(exc):
+            print(f"error: {_describe(exc)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        print(f"error: internal error ({type(exc).__name__}: {first_line(exc)}); please report it, with the "
+              "traceback from MMADAPTER_DEBUG=1", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+    finally:
+        warnings.showwarning = previous_showwarning
+        _flush_stdout()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, MMAdapterError):
+        return first_line(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}"
+    if isinstance(exc, MemoryError):
+        return "out of memory (the input is too large for this machine)"
+    return first_line(exc)
+
+
+def _flush_stdout() -> None:
+    # `mmadapter predict ... | head` closes the pipe early: that is not an error worth a traceback.
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv)
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    """``python export.py ...``: the same arguments and contract as ``mmadapter export ...``."""
+    return run(build_export_parser(), argv)
 
 
 if __name__ == "__main__":

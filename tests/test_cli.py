@@ -68,7 +68,7 @@ def test_predict_open_vocabulary_classes(trained: dict[str, Path], capsys: pytes
 
 def test_missing_checkpoint(trained: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     rc = cli.main(["predict", "--checkpoint", str(trained["root"] / "nope.safetensors"), str(trained["data"] / "ant")])
-    assert rc == 2 and "checkpoint not found" in _error_line(capsys)
+    assert rc == 2 and "nope.safetensors: file not found" in _error_line(capsys)
 
 
 def test_truncated_checkpoint(trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,21 +108,27 @@ def test_train_on_bad_data_leaves_no_checkpoint(trained: dict[str, Path], tmp_pa
     assert not [p for p in (tmp_path / "cache").rglob("*") if "partial" in p.name]
 
 
-def test_export_dispatches_with_the_remaining_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[list[str]] = []
-    fake = types.ModuleType("mmadapter.export.cli")
-    fake.main = lambda argv: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "mmadapter.export.cli", fake)
+def test_export_is_a_real_subcommand(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmadapter.export import cli as export_cli
+    from mmadapter.export.defaults import DEFAULT_OPSET, DEFAULT_PROFILE, DEFAULT_PROVIDERS
+
+    seen: list[object] = []
+    monkeypatch.setattr(cli, "cmd_export", lambda args: seen.append(args) or 0)
     assert cli.main(["export", "--checkpoint", "a.safetensors", "--out", "x"]) == 0
-    assert seen == [["--checkpoint", "a.safetensors", "--out", "x"]]
+    assert export_cli.main(["--checkpoint", "a.safetensors", "--out", "x"]) == 0
+    via_subcommand, via_script = (vars(a) for a in seen)
+    assert via_subcommand.pop("command") == "export"
+    assert via_subcommand == via_script  # one parser: the same arguments and defaults
+    assert via_script["opset"] == DEFAULT_OPSET and via_script["providers"] == list(DEFAULT_PROVIDERS)
+    assert (via_script["min_batch"], via_script["opt_batch"], via_script["max_batch"]) == DEFAULT_PROFILE
 
 
 def test_predict_onnx_uses_the_runtime_and_prints_alike(trained: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     calls = []
 
-    def classify_images(onnx_dir: Path, image_paths: list[Path], top_k: int, precision: str):
-        calls.append((onnx_dir, top_k, precision))
+    def classify_images(onnx_dir: Path, image_paths: list[Path], top_k: int, precision: str, strict: bool):
+        calls.append((onnx_dir, top_k, precision, strict))
         return [(p, [("ant", 0.75), ("bee", 0.25)][:top_k]) for p in image_paths]
 
     fake = types.ModuleType("mmadapter.export.runtime")
@@ -130,7 +136,7 @@ def test_predict_onnx_uses_the_runtime_and_prints_alike(trained: dict[str, Path]
     monkeypatch.setitem(sys.modules, "mmadapter.export.runtime", fake)
     image = trained["data"] / "ant" / "001.png"
     assert cli.main(["predict", "--onnx", "exported", str(image), "--top-k", "2"]) == 0
-    assert calls == [(Path("exported"), 2, "fp32")]
+    assert calls == [(Path("exported"), 2, "fp32", False)]
     assert capsys.readouterr().out.strip() == f"{image}: ant (0.750), bee (0.250)"
     assert cli.main(["predict", str(image)]) == 2  # neither --checkpoint nor --onnx
     assert "exactly one of" in _error_line(capsys)
@@ -142,6 +148,26 @@ def test_keyboard_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(cli, "cmd_demo", interrupted)
     assert cli.main(["demo", "--out", "unused"]) == 130
+
+
+def test_sigterm_exits_143_after_cleanup(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    cleaned = []
+
+    def terminated(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.sigtimedwait([], 0) if hasattr(signal, "sigtimedwait") else None
+            raise AssertionError("SIGTERM did not interrupt the command")
+        finally:
+            cleaned.append(True)
+
+    monkeypatch.setattr(cli, "cmd_demo", terminated)
+    assert cli.main(["demo", "--out", "unused"]) == 143
+    assert cleaned == [True]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is only there while a command runs
 
 
 def test_console_script_prints_no_traceback(tmp_path: Path) -> None:
