@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from mmadapter.export.defaults import DEFAULT_PROVIDERS  # noqa: F401 - validation's providers, re-exported
 from mmadapter.export.manifest import read_manifest, verified_file
-from mmadapter.export.preprocess import Preprocessing, load_image, preprocess_batch
+from mmadapter.export.preprocess import Preprocessing, preprocess_batch
 
 from mmadapter.errors import DataError, ExportError
 from mmadapter.files import first_line
