@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import save_file
 
 from mmadapter import AdapterConfig, CheckpointError, ClipSpec, MultiModalAdapter
-from mmadapter.errors import MMAdapterError
 from mmadapter.checkpoint import (
     FORMAT_VERSION,
     HASH_KEY,
@@ -23,6 +22,7 @@ from mmadapter.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
+from mmadapter.errors import MMAdapterError
 
 
 def make_meta(embed_dim: int = 512) -> CheckpointMeta:
