@@ -60,9 +60,11 @@ def temp_name(dest: Path, suffix: str = "") -> Path:
 
 
 def remove_stale_temps(dest: Path) -> list[Path]:
-    """Remove temporaries of ``dest`` left by processes that no longer exist; returns what was removed."""
+    """Remove temporaries of ``dest`` left by processes that no longer exist; returns what was removed.
+    ``dest`` named ``*`` stands for every file of its folder."""
     folder = dest.parent
-    pattern = re.compile(rf"^\.{re.escape(dest.name)}{re.escape(TEMP_MARK)}(\d+)(\..*)?$")
+    name = ".+" if dest.name == "*" else re.escape(dest.name)
+    pattern = re.compile(rf"^\.{name}{re.escape(TEMP_MARK)}(\d+)(\..*)?$")
     removed = []
     try:
         entries = list(folder.iterdir())
@@ -94,6 +96,9 @@ def resolve_destination(path: str | Path) -> Path:
     return path.parent.resolve() / path.name if path.parent.exists() else path.absolute()
 
 
+_swept: set[Path] = set()
+
+
 def _write_error(dest: Path, exc: BaseException) -> FileWriteError:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return FileWriteError(f"cannot write {dest}: no space left on the device")
@@ -118,7 +123,9 @@ def atomic_path(dest: str | Path, overwrite: bool = True, suffix: str = "") -> I
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _write_error(dest, exc) from None
-    remove_stale_temps(dest)
+    if dest.parent not in _swept:  # once per folder and process: a cache folder holds many files
+        remove_stale_temps(dest.parent / "*")
+        _swept.add(dest.parent)
     tmp = temp_name(dest, suffix)
     try:
         try:
