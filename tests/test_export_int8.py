@@ -100,7 +100,8 @@ def test_int8_errors_name_the_problem(exported: ExportBundle, tmp_path: Path) ->
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_int8_flag_reaches_the_pipeline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_int8_flag_reaches_the_pipeline(exported: ExportBundle, monkeypatch: pytest.MonkeyPatch,
+                                        tmp_path: Path) -> None:
     seen = {}
 
     def fake_export(checkpoint, out, **kwargs):
@@ -108,7 +109,7 @@ def test_int8_flag_reaches_the_pipeline(monkeypatch: pytest.MonkeyPatch, tmp_pat
         raise ExportError("stop here")
 
     monkeypatch.setattr("mmadapter.export.pipeline.export_checkpoint", fake_export)
-    assert cli.main(["--checkpoint", str(tmp_path / "c.safetensors"), "--out", str(tmp_path / "o"), "--int8"]) == 1
+    assert cli.main(["--checkpoint", str(exported.checkpoint), "--out", str(tmp_path / "o"), "--int8"]) == 2
     assert seen["int8"] is True and seen["fp16"] is False
 
 
