@@ -176,15 +176,13 @@ def _check_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from mmadapter.checkpoint import check_output_file
     from mmadapter.experiment import open_dataset, train_checkpoint
     from mmadapter.features import ClipProvider
 
     config, spec = _train_config(args), _clip_spec(args)
     _check_data(args)
-    if args.out.is_dir():
-        raise UsageError(f"--out {args.out} is a folder; give the checkpoint file to write (.safetensors)")
-    if args.out.exists() and not args.overwrite:
-        raise UsageError(f"--out {args.out} exists (use --overwrite to replace it)")
+    check_output_file(args.out, args.overwrite)
     dataset = open_dataset(args.data, args.dataset, args.template)
     path, result, test_acc = train_checkpoint(
         dataset, ClipProvider(spec, args.device), args.out, config,
@@ -254,6 +252,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    from mmadapter.labels import DEFAULT_TEMPLATE
+
+    p.add_argument("source", type=Path,
+                   help="the authors' adapter: a .pt/.pth(.tar) torch file or a .safetensors file")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.safetensors)")
+    p.add_argument("--classes", required=True,
+                   help="the class names it was trained on: comma-separated, or a file with one per line")
+    p.add_argument("--template", type=template_text, action="append", dest="templates",
+                   help=f"prompt template with exactly one '{{}}'; repeat for several (default: {DEFAULT_TEMPLATE!r})")
+    p.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name (default: ViT-B-16)")
+    p.add_argument("--pretrained", default="openai", help="open_clip pretrained tag (default: openai)")
+    p.add_argument("--clip-weights", type=Path, help="local CLIP weights file (used instead of --pretrained)")
+    p.add_argument("--logit-scale", type=positive_float,
+                   help="CLIP's logit scale (default: the one saved with the adapter, else the CLIP's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from mmadapter.checkpoint import check_output_file, read_metadata
+    from mmadapter.convert import convert_authors_state_dict
+    from mmadapter.labels import DEFAULT_TEMPLATE
+    from mmadapter.predictions import parse_class_list
+
+    _existing_file(args.source, "source")
+    _existing_file(args.clip_weights, "--clip-weights")
+    check_output_file(args.out, args.overwrite)
+    path = convert_authors_state_dict(
+        args.source, clip_model=args.clip_model, pretrained=args.pretrained, clip_weights=args.clip_weights,
+        class_names=parse_class_list(args.classes), templates=args.templates or (DEFAULT_TEMPLATE,),
+        logit_scale=args.logit_scale, out=args.out, overwrite=args.overwrite,
+    )
+    meta = read_metadata(path)
+    done = meta["training"]
+    prefix = repr(done["source_prefix"]) if done["source_prefix"] else "no prefix"
+    print(f"converted the adapter under {prefix} (width {meta['adapter']['embed_dim']}, "
+          f"{len(meta['label_set']['class_names'])} classes, logit scale {meta['logit_scale']:.4g} from the "
+          f"{done['logit_scale_from']}); ignored {done['ignored_entries']} other entries; checkpoint {path}")
+    return EXIT_OK
+
+
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     """The export's arguments, shared by ``mmadapter export`` and ``python export.py``. Defaults come
     from the modules that use them (opset, batch profile, providers), defined there once."""
@@ -290,20 +330,14 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mmadapter.export.defaults import SUPPORTED_OPSETS
-
-    if args.opset not in SUPPORTED_OPSETS:
-        raise UsageError(f"--opset {args.opset} is not supported; choose "
-                         f"{SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}")
-    _existing_file(args.checkpoint, "--checkpoint")
-    from mmadapter.export.pipeline import export_checkpoint
-    from mmadapter.export.runtime import resolve_providers
+    from mmadapter.export.pipeline import check_destinations, check_export_arguments, export_checkpoint
     from mmadapter.export.tensorrt import BatchProfile
 
-    profile = BatchProfile(args.min_batch, args.opt_batch, args.max_batch)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a missing GPU provider is reported when validation runs
-        resolve_providers(args.providers)  # unknown names are an error before anything is loaded
+    # Everything that needs no model, before the checkpoint is loaded: the values, then the folders.
+    profile = check_export_arguments(opset=args.opset, profile=BatchProfile(args.min_batch, args.opt_batch,
+                                     args.max_batch), max_classes=args.max_classes, providers=args.providers)
+    _existing_file(args.checkpoint, "--checkpoint")
+    check_destinations(args.checkpoint, args.out, args.serving_repo, args.overwrite)
     result = export_checkpoint(
         args.checkpoint, args.out, fp16=args.fp16, int8=args.int8, opset=args.opset, validate=args.validate,
         overwrite=args.overwrite, tensorrt=args.tensorrt, profile=profile, max_classes=args.max_classes,
@@ -357,6 +391,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="an unreadable, corrupt or oversized image is an error (default: skipped and counted)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("convert", help="turn an adapter trained with the authors' code (dqmis/clip-mma) into a "
+                       "checkpoint of this project")
+    add_convert_arguments(p)
 
     p = sub.add_parser("demo", help="the whole path offline on a tiny random CLIP and the digits dataset")
     p.add_argument("--out", type=Path, default=Path("demo-output"))

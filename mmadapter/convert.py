@@ -19,7 +19,6 @@ else through ``torch.load(weights_only=True)`` (tensors and plain containers onl
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -296,55 +295,11 @@ def convert_authors_state_dict(
 # -- the ``mmadapter convert`` subcommand ------------------------------------------------------------------
 
 
-def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
-    """``mmadapter convert``'s arguments; sets ``func=cmd_convert`` as the handler."""
-    from mmadapter.cli import positive_float, template_text
-
-    parser.add_argument("source", type=Path,
-                        help="the authors' adapter: a .pt/.pth(.tar) torch file or a .safetensors file")
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.safetensors)")
-    parser.add_argument("--classes", required=True,
-                        help="the class names it was trained on: comma-separated, or a file with one per line")
-    parser.add_argument("--template", type=template_text, action="append", dest="templates",
-                        help=f"prompt template with exactly one '{{}}'; repeat for several "
-                             f"(default: {DEFAULT_TEMPLATE!r})")
-    parser.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name (default: ViT-B-16)")
-    parser.add_argument("--pretrained", default="openai", help="open_clip pretrained tag (default: openai)")
-    parser.add_argument("--clip-weights", type=Path, help="local CLIP weights file (used instead of --pretrained)")
-    parser.add_argument("--logit-scale", type=positive_float,
-                        help="CLIP's logit scale (default: the one saved with the adapter, else the CLIP's)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    parser.set_defaults(func=cmd_convert)
-
-
-def cmd_convert(args: argparse.Namespace) -> int:
-    from mmadapter.checkpoint import read_metadata
-    from mmadapter.cli import EXIT_OK, UsageError
-    from mmadapter.predictions import parse_class_list
-
-    if args.clip_weights is not None and not args.clip_weights.is_file():
-        raise UsageError(f"--clip-weights {args.clip_weights}: file not found")
-    path = convert_authors_state_dict(
-        args.source, clip_model=args.clip_model, pretrained=args.pretrained, clip_weights=args.clip_weights,
-        class_names=parse_class_list(args.classes), templates=args.templates or (DEFAULT_TEMPLATE,),
-        logit_scale=args.logit_scale, out=args.out, overwrite=args.overwrite,
-    )
-    meta = read_metadata(path)
-    done = meta["training"]
-    prefix = repr(done["source_prefix"]) if done["source_prefix"] else "no prefix"
-    print(f"converted the adapter under {prefix} (width {meta['adapter']['embed_dim']}, "
-          f"{len(meta['label_set']['class_names'])} classes, logit scale {meta['logit_scale']:.4g} from the "
-          f"{done['logit_scale_from']}); ignored {done['ignored_entries']} other entries; checkpoint {path}")
-    return EXIT_OK
-
-
 __all__ = [
     "AUTHORS_TO_OURS",
     "AuthorsAdapter",
-    "add_convert_arguments",
     "clip_embed_dim",
     "clip_spec_for",
-    "cmd_convert",
     "convert_authors_state_dict",
     "find_adapter_prefix",
     "map_authors_state_dict",

@@ -9,7 +9,6 @@ logits through our fast path.
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -19,11 +18,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from mmadapter import cli
 from mmadapter.checkpoint import load_checkpoint, read_metadata
-from mmadapter.cli import run
 from mmadapter.convert import (
     AUTHORS_TO_OURS,
-    add_convert_arguments,
     convert_authors_state_dict,
     map_authors_state_dict,
     read_state_dict,
@@ -301,14 +299,6 @@ def test_read_state_dict_unwraps_the_training_file(tmp_path: Path) -> None:
 # -- the subcommand under the CLI's error contract ---------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
-    from mmadapter.cli import ArgumentParser
-
-    parser = ArgumentParser(prog="mmadapter convert")
-    add_convert_arguments(parser)
-    return parser
-
-
 def test_cmd_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = _authors_model(seed=7)
     source = tmp_path / "model_best.pth.tar"
@@ -316,16 +306,16 @@ def test_cmd_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     out = tmp_path / "c.safetensors"
     argv = [str(source), "--out", str(out), "--classes", ",".join(CLASSES), "--clip-model", TINY_CLIP,
             "--pretrained", "", "--template", "a photo of a {}."]
-    assert run(_parser(), argv) == 0
+    assert cli.main(["convert", *argv]) == 0
     printed = capsys.readouterr().out
     assert "'adapter.'" in printed and f"ignored {len(model.state_dict()) - 8} other entries" in printed
     _check_same_logits(model, out)
 
-    assert run(_parser(), argv) == 2  # exists, no --overwrite
+    assert cli.main(["convert", *argv]) == 2  # exists, no --overwrite
     assert "exists" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(source.read_bytes()[:100])
-    assert run(_parser(), [str(bad), "--out", str(tmp_path / "d.safetensors"), "--classes", "a,b",
+    assert cli.main(["convert", str(bad), "--out", str(tmp_path / "d.safetensors"), "--classes", "a,b",
                            "--clip-model", TINY_CLIP]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and str(bad) in err
