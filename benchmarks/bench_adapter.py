@@ -9,7 +9,7 @@ would otherwise serve later allocations from heap pages an earlier call freed, h
 resident set, so the script re-executes itself with a fixed mmap threshold: every allocation of 64 KiB
 or more is then mapped on allocation and returned on free.
 
-Target (DESIGN.md section 4): at N = 1000, batch 256, at least 100x faster and 100x less peak memory.
+Target (docs/design.md §8.4): at N = 1000, batch 256, at least 100x faster and 100x less peak memory.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ keys/values [N, D]) to logits [B, N] (plus v' and s); ``reference`` is the paper
 (``ReferenceMultiModalAdapter``), which recomputes everything from the texts and costs O(B N^2).
 Times are medians with p20/p80 (CUDA events on a GPU). Achieved bandwidth counts the bytes a fused
 head must move once: keys, values, text embeddings, weights and images read, logits, v' and s
-written; it is compared with the measured copy bandwidth of the device (the practical roofline;
-LESSONS.md: ~4.3 TB/s on an H200).
+written; it is compared with the copy bandwidth of the same device, measured in the same run (the
+practical roofline).
 
     python benchmarks/bench_kernel.py [--quick] [--dtype float16] [--out CSV]
 

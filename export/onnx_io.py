@@ -36,8 +36,8 @@ from mmadapter.errors import ExportError
 MIN_OPSET = SUPPORTED_OPSETS.start
 MAX_OPSET = SUPPORTED_OPSETS.stop - 1
 
-# Ops kept in fp32 in fp16 graphs (LESSONS: fp16 drift): normalisations, softmax accumulation and the
-# final L2 normalisations; the casts around them are inserted by the converter.
+# Ops kept in fp32 in fp16 graphs, because fp16 drifts in them (docs/design.md §6.3): normalisations, softmax
+# accumulation and the final L2 normalisations; the casts around them are inserted by the converter.
 FP32_OPS = [
     "LayerNormalization",
     "SkipLayerNormalization",
@@ -166,7 +166,7 @@ def quantize_int8(src: Path, dst: Path, scopes: tuple[str, ...]) -> int:
     Only the image tower's transformer blocks are quantized: they carry >95% of the FLOPs, so this
     is where the int8 GEMMs (VNNI/AMX on x86) pay off. The patch embedding, the projections, the
     adapter and the folded class bank stay fp32: the logits are a rescaled difference of dot
-    products (DESIGN.md section 2) and would lose more than the small time they cost.
+    products (docs/design.md §3.2) and would lose more than the small time they cost.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

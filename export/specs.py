@@ -26,7 +26,9 @@ BATCH = "batch"
 TEXT_BATCH = "text_batch"
 NUM_CLASSES = "num_classes"
 MAX_DIM = 1 << 16  # upper bound for torch.export's dynamic dims; real limits come from TensorRT profiles
-EXPORT_BATCH = 2  # traced batch size; validation runs at other sizes (LESSONS: "dynamic batch that isn't")
+# Traced batch size; validation runs at other sizes, since a graph traced at one size can silently keep
+# it (docs/design.md §6.1).
+EXPORT_BATCH = 2
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,15 @@
 """TensorRT engines built from the validated (portable, standard-op) ONNX graphs.
 
-Written for the TensorRT 10/11 Python API only (LESSONS.md: API churn): explicit batch is the only
-mode, memory pools instead of ``max_workspace_size``, tensor names instead of bindings
-(``set_input_shape``/``set_tensor_address``/``execute_async_v3``). Precision comes from the graph:
+Written for the TensorRT 10/11 Python API only (docs/design.md §6.6: the API changed across majors):
+explicit batch is the only mode, memory pools instead of ``max_workspace_size``, tensor names instead
+of bindings (``set_input_shape``/``set_tensor_address``/``execute_async_v3``). Precision comes from the graph:
 an fp16 engine is built from the fp16 ONNX (fp32 LayerNorm/softmax islands included) as a strongly
 typed network, which TensorRT 10 and 11 both accept (11 has no FP16 builder flag).
 
-Engines are tied to a TensorRT version and a GPU (LESSONS.md: engines don't travel): the file name
-carries the ONNX hash, TensorRT version and GPU, and a JSON sidecar records them; loading checks it.
-NOT RUN on the machines this was written on: TensorRT cannot be installed there.
+Engines are tied to a TensorRT version and a GPU (docs/design.md §6.6: an engine runs only where it was
+built): the file name carries the ONNX hash, TensorRT version and GPU, and a JSON sidecar records
+them; loading checks it.
+Not exercised by the CPU test suite: its tests are marked ``trt`` and need TensorRT and a GPU.
 """
 
 from __future__ import annotations

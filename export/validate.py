@@ -4,7 +4,7 @@ Every check runs and every failure is collected before anything is reported (nam
 dtypes first, then values). Values are compared against the *torch model* (open_clip's encoders
 and :class:`MultiModalAdapter` with a class bank), not against the wrapper that was traced, on
 real preprocessed images made here (PIL images through the model's own preprocess), at batch sizes
-other than the exported one. Thresholds (DESIGN.md section 4): embedding cosine >= 0.99999 in fp32
+other than the exported one. Thresholds (docs/design.md §6.5 and §8.2): embedding cosine >= 0.99999 in fp32
 and >= 0.999 in fp16; top-1 identical on >= 99.9% of inputs. int8 graphs (opt-in, CPU serving) are
 held to the fp16 cosine, and their top-1 check skips near ties (see :data:`TIE_MARGIN`).
 """

@@ -1,4 +1,4 @@
-"""Fused Triton kernel: the adapted image embedding v' and the text shift s (DESIGN.md section 2).
+"""Fused Triton kernel: the adapted image embedding v' and the text shift s (docs/design.md §3.2; the kernel: §4).
 
 Per tile of BB images, one program computes
     d  = down(normalize(v))                       shared by both outputs

@@ -1,6 +1,6 @@
 """Fused Triton kernel: [B, N] logits of the adapted image against the per-image adapted texts.
 
-DESIGN.md section 2: with unit-norm v', s and t_i, and l the blend,
+docs/design.md §3.2: with unit-norm v', s and t_i, and l the blend,
     logit[b, i] = scale * ((1-l) <v'_b, t_i> + l <v'_b, s_b>) / sqrt((1-l)^2 + l^2 + 2 l (1-l) <t_i, s_b>)
 so one program per [BB, BN] output tile runs two dots over C (v' t^T and s t^T) that share the
 text tile, and applies the rescale in the epilogue: the [B, N, C] adapted texts never exist.

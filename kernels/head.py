@@ -26,7 +26,7 @@ def _launch(
 
 
 def _fast_path(inputs: tuple, num_heads: int, blend: float, logit_scale: float) -> tuple:
-    # The model code is imported here only: kernel files stay free of it (DESIGN.md section 3).
+    # The model code is imported here only: kernel files stay free of it (docs/design.md §4).
     from mmadapter import functional
 
     image_emb, text_emb, keys, values, *params = inputs

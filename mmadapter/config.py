@@ -25,7 +25,7 @@ CLIP_CONFIG_DIR = CONFIG_DIR / "clip"
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    """Shape of the Multi-Modal Adapter (DESIGN.md section 1)."""
+    """Shape of the Multi-Modal Adapter (docs/design.md §1.2)."""
 
     embed_dim: int = 512  # C: width of CLIP's projected embeddings
     reduction: int = 4  # bottleneck width is C / reduction
@@ -65,7 +65,7 @@ class AdapterConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Few-shot training settings; defaults are the paper's (DESIGN.md section 1)."""
+    """Few-shot training settings; defaults are the paper's (docs/design.md §2.1)."""
 
     lr: float = 1e-2
     weight_decay: float = 1e-4

@@ -1,5 +1,5 @@
 """Few-shot image data: image-folder datasets, CoOp split files, seeded k-shot sampling and the
-base-to-novel split (DESIGN.md section 1). Images are read lazily; a record is a path and a label.
+base-to-novel split (docs/design.md §2.2). Images are read lazily; a record is a path and a label.
 
 Every problem with user data (missing folder, empty class list, unreadable image, malformed split
 file) is a one-line :class:`DataError`.

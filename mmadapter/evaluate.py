@@ -1,4 +1,4 @@
-"""The base-to-novel report (DESIGN.md section 1) on cached embeddings.
+"""The base-to-novel report (docs/design.md §2.2) on cached embeddings.
 
 Each trainable head is trained on the base classes only. It is then tested on the base test images
 with the base label set, on the novel test images with the novel label set (the Multi-Modal Adapter

@@ -1,4 +1,4 @@
-"""The exact fast path of the Multi-Modal Adapter (DESIGN.md section 2), as plain torch functions.
+"""The exact fast path of the Multi-Modal Adapter (docs/design.md §3), as plain torch functions.
 
 The reference mask makes every text token attend to the image token alone, so its output does not
 depend on the class: it is one vector per image, the *text shift* ``s_b``. The image token is

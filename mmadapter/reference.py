@@ -1,6 +1,6 @@
 """The paper's formulation of the Multi-Modal Adapter, in plain torch: the ground truth.
 
-This is DESIGN.md section 1 written out literally, the way the authors' code computes it: per image,
+This is the method of docs/design.md §1.3 written out literally, the way the authors' code computes it: per image,
 a token sequence of the N class texts followed by the image, a mask that lets each text token see
 only the image and the image see only the texts, one multi-head attention over the bottleneck, and
 the residual blends. It costs O(B * N^2) time and memory, so it is used only by tests and

@@ -1,4 +1,4 @@
-"""Few-shot training of a head on cached embeddings (DESIGN.md section 1): Adam (lr 1e-2, weight decay
+"""Few-shot training of a head on cached embeddings (docs/design.md §2.1): Adam (lr 1e-2, weight decay
 1e-4, constant LR), batch 256, cross-entropy over the classes of the current label set, early
 stopping on validation accuracy with patience, the best weights kept, seeded shuffling.
 

@@ -1,5 +1,5 @@
 """The fast path (mmadapter.functional via MultiModalAdapter) against the paper's formulation
-(mmadapter.reference). Tolerance: max abs logit difference <= 1e-4 in fp32 (DESIGN.md section 4)."""
+(mmadapter.reference). Tolerance: max abs logit difference <= 1e-4 in fp32 (docs/design.md §8.1)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from mmadapter import AdapterConfig, ClassBank, ConfigError, MultiModalAdapter
 from mmadapter.config import get_adapter_config, list_adapter_configs
 from mmadapter.reference import ReferenceMultiModalAdapter, cross_modal_mask
 
-LOGIT_ATOL = 1e-4  # DESIGN.md section 4, fp32
+LOGIT_ATOL = 1e-4  # docs/design.md §8.1, fp32
 
 
 def random_adapter(embed_dim: int, seed: int = 0) -> MultiModalAdapter:
@@ -48,7 +48,7 @@ def test_fast_path_matches_reference(embed_dim: int, num_classes: int, batch: in
 
 
 def test_text_shift_reproduces_reference_adapted_texts() -> None:
-    """The reference's per-image adapted texts equal normalize(0.8 t_i + 0.2 s_b) (DESIGN.md 2)."""
+    """The reference's per-image adapted texts equal normalize(0.8 t_i + 0.2 s_b) (docs/design.md §3.2)."""
     adapter = random_adapter(512, seed=3)
     ref = reference_of(adapter)
     image, text = torch.randn(5, 512), torch.nn.functional.normalize(torch.randn(11, 512), dim=-1)

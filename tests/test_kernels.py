@@ -26,7 +26,7 @@ from mmadapter.kernels import adapt_image_triton, adapted_logits_triton, adapter
 from mmadapter.kernels.adapter_attention import BLOCK_N  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-LOGIT_ATOL_FP32 = 1e-4  # DESIGN.md section 4: max abs logit difference to the reference, fp32
+LOGIT_ATOL_FP32 = 1e-4  # docs/design.md §8.1: max abs logit difference to the reference, fp32
 EMB_ATOL_FP32 = 1e-5  # unit-norm embeddings v', s
 
 
