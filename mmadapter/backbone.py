@@ -260,6 +260,10 @@ def _create_model(open_clip: Any, spec: ClipSpec, pretrained: str | None, device
         )
     except (RuntimeError, KeyError, ValueError, OSError, EOFError, SafetensorError) as exc:
         # An unknown pretrained tag, a failed download or a bad device surface as any of these.
+        if pretrained and "download" in str(exc).lower():
+            raise ConfigError(f"cannot download the {pretrained!r} weights of CLIP {spec.model_name}: the model hub "
+                              "is unreachable from here (or the tag is unknown); give a local weights file with "
+                              "--clip-weights FILE") from None
         raise ConfigError(f"cannot load CLIP {spec.describe()}: {first_line(exc)}") from None
     return model, preprocess
 

@@ -15,6 +15,7 @@ Arguments are checked before any expensive work (models, embeddings, exports).
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import signal
@@ -133,6 +134,7 @@ def _add_clip_args(p: argparse.ArgumentParser) -> None:
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     from mmadapter.config import TrainConfig
+    from mmadapter.data import BASE_NOVEL_SPLITS
 
     p.add_argument("--data", type=Path, required=True,
                    help="an image folder (one sub-folder per class), or the root holding a registered dataset")
@@ -146,6 +148,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=positive_float, default=TrainConfig.lr)
     p.add_argument("--cache-dir", type=Path, default=Path(".mmadapter-cache"),
                    help="embedding cache folder (if it cannot be written, the run goes on without it)")
+    p.add_argument("--split", choices=BASE_NOVEL_SPLITS, default="coop",
+                   help="base-to-novel split: 'coop' (default) takes the first ceil(n/2) labels in the dataset's "
+                        "label order as base, as CoOp's protocol and published tables do; 'authors' floor(n/2), as "
+                        "the Multi-Modal Adapter authors' code")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: when stderr is a terminal)")
 
@@ -187,6 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     path, result, test_acc = train_checkpoint(
         dataset, ClipProvider(spec, args.device), args.out, config,
         base_only=args.base_only, cache_dir=args.cache_dir, progress=_progress(args), overwrite=args.overwrite,
+        split=args.split,
     )
     print(f"trained {len(result.history)} epochs (best {result.best_epoch}, val {result.best_val_acc:.2f}%), "
           f"test accuracy {test_acc:.2f}%; checkpoint {path}")
@@ -204,7 +211,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out} is a file; give a folder for the report")
     dataset = open_dataset(args.data, args.dataset, args.template)
     report = evaluate_base_to_novel(dataset, ClipProvider(spec, args.device), config,
-                                    cache_dir=args.cache_dir, progress=_progress(args))
+                                    cache_dir=args.cache_dir, progress=_progress(args), split=args.split)
     paths = write_report(report, args.out)
     print(report.to_markdown())
     print("report: " + ", ".join(str(p) for p in paths.values()))
@@ -447,6 +454,11 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     argv = list(sys.argv[1:] if argv is None else argv)
     previous_showwarning = warnings.showwarning
     warnings.showwarning = _one_line_warnings
+    # Libraries log retries and fallbacks (huggingface_hub, open_clip) over many lines; the command
+    # reports what matters in its own lines. MMADAPTER_DEBUG=1 shows them.
+    quiet_logs = not os.environ.get("MMADAPTER_DEBUG")
+    if quiet_logs:
+        logging.disable(logging.CRITICAL)
     try:
         with _sigterm_raises():
             try:
@@ -477,6 +489,8 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         return EXIT_INTERNAL_ERROR
     finally:
         warnings.showwarning = previous_showwarning
+        if quiet_logs:
+            logging.disable(logging.NOTSET)
         _flush_stdout()
 
 

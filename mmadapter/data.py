@@ -170,13 +170,21 @@ def few_shot_splits(
     return FewShotSplits(dataset.class_names, train, val, list(test))
 
 
-def base_novel_classes(class_names: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The base-to-novel protocol: sorted class names, first half (rounded up, as CoOp does) base."""
+BASE_NOVEL_SPLITS = ("coop", "authors")
+
+
+def base_novel_classes(class_names: Sequence[str], split: str = "coop") -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The base-to-novel protocol on ``class_names`` in the dataset's label order (label 0 first):
+    ``coop``, the protocol of CoOp/CoCoOp whose tables every base-to-novel paper reports, takes the
+    first ceil(n/2) labels as base; ``authors`` takes floor(n/2), as the Multi-Modal Adapter authors'
+    code does (it differs for an odd number of classes). The rest are novel. Names are never sorted:
+    ImageNet's, Caltech101's and StanfordCars' label orders are not alphabetical."""
+    if split not in BASE_NOVEL_SPLITS:
+        raise DataError(f"unknown base-to-novel split {split!r}; choose {' or '.join(BASE_NOVEL_SPLITS)}")
     if len(class_names) < 2:
         raise DataError(f"base-to-novel needs at least 2 classes, got {len(class_names)}")
-    ordered = sorted(class_names)
-    half = math.ceil(len(ordered) / 2)
-    return tuple(ordered[:half]), tuple(ordered[half:])
+    half = math.ceil(len(class_names) / 2) if split == "coop" else len(class_names) // 2
+    return tuple(class_names[:half]), tuple(class_names[half:])
 
 
 def restrict(records: Sequence[ImageRecord], class_names: Sequence[str]) -> list[ImageRecord]:
@@ -205,6 +213,7 @@ __all__ = [
     "FewShotSplits",
     "ImageDataset",
     "ImageRecord",
+    "BASE_NOVEL_SPLITS",
     "base_novel_classes",
     "few_shot_splits",
     "image_folder_dataset",

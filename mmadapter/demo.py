@@ -21,9 +21,11 @@ from mmadapter.checkpoint import save_checkpoint
 from mmadapter.config import ClipSpec, TrainConfig
 from mmadapter.data import base_novel_classes, few_shot_splits, image_folder_dataset, restrict
 from mmadapter.digits import DIGITS_TEMPLATE, write_digits_folder
+from mmadapter.errors import DataError
 from mmadapter.evaluate import BaseToNovelReport, write_report
 from mmadapter.experiment import checkpoint_meta, evaluate_base_to_novel
 from mmadapter.features import ClipProvider
+from mmadapter.files import FileWriteError, first_line
 from mmadapter.predict import Prediction, collect_images, format_predictions, predict_images
 
 DEMO_CLIP_MODEL = "mmadapter-tiny"
@@ -93,13 +95,30 @@ def _write_prediction_images(out_dir: Path, test_paths: list[Path], class_of: di
     return written
 
 
+DEMO_MARKER = ".mmadapter-demo"  # written first: the folder is the demo's to rewrite on the next run
+
+
+def claim_demo_folder(out_dir: Path) -> Path:
+    """``out_dir`` if it is new, empty or an earlier demo's output; the demo rewrites files and folders
+    there (images/, onnx/, the checkpoint, the report), so a folder holding anything else is refused."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is a file; give a folder for the demo's output")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / DEMO_MARKER).is_file():
+        raise DataError(f"--out {out_dir} holds files that the demo did not write; give a new or empty folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / DEMO_MARKER).touch()
+    except OSError as exc:
+        raise FileWriteError(f"cannot write the demo's output to {out_dir}: {first_line(exc)}") from None
+    return out_dir
+
+
 def run_demo(
     out_dir: str | Path = "demo-output", progress: bool = False, seed: int = 1,
     log: Callable[[str], None] = print,
 ) -> DemoResult:
     start = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = claim_demo_folder(Path(out_dir))
     log(RANDOM_WEIGHTS_NOTICE)
     provider = _demo_clip(out_dir, seed)
     clip = provider.get()

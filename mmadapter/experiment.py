@@ -33,12 +33,13 @@ def _embed(provider: ClipProvider, records: list, cache_dir: Path | None, progre
 
 def prepare_base_novel(
     dataset: ImageDataset, provider: ClipProvider, shots: int = 16, seed: int = 1,
-    cache_dir: str | Path | None = None, progress: bool = True,
+    cache_dir: str | Path | None = None, progress: bool = True, split: str = "coop",
 ) -> BaseNovelData:
-    """Few-shot base-class train/val splits and base/novel/all test sets, as cached embeddings."""
+    """Few-shot base-class train/val splits and base/novel/all test sets, as cached embeddings
+    (``split``: see :func:`mmadapter.data.base_novel_classes`)."""
     cache = Path(cache_dir) if cache_dir is not None else None
+    base, novel = base_novel_classes(dataset.class_names, split)
     splits = few_shot_splits(dataset, shots, seed)
-    base, novel = base_novel_classes(dataset.class_names)
     templates = [dataset.template]
     test_base, test_novel = restrict(splits.test, base), restrict(splits.test, novel)
     if not test_base or not test_novel:
@@ -58,14 +59,15 @@ def prepare_base_novel(
 
 def evaluate_base_to_novel(
     dataset: ImageDataset, provider: ClipProvider, train_config: TrainConfig | None = None,
-    cache_dir: str | Path | None = None, progress: bool = True, note: str | None = None,
+    cache_dir: str | Path | None = None, progress: bool = True, note: str | None = None, split: str = "coop",
 ) -> BaseToNovelReport:
     train_config = train_config or TrainConfig()
-    data = prepare_base_novel(dataset, provider, train_config.shots, train_config.seed, cache_dir, progress)
+    data = prepare_base_novel(dataset, provider, train_config.shots, train_config.seed, cache_dir, progress, split)
     clip = provider.get()
     info: dict[str, Any] = {
         "dataset": dataset.name, "template": dataset.template, "clip": provider.spec.to_dict(),
         "shots": train_config.shots, "seed": train_config.seed, "train_config": train_config.to_dict(),
+        "split": split,
     }
     if note:
         info["note"] = note
@@ -87,6 +89,7 @@ def checkpoint_meta(
 def train_checkpoint(
     dataset: ImageDataset, provider: ClipProvider, out_path: str | Path, train_config: TrainConfig | None = None,
     base_only: bool = False, cache_dir: str | Path | None = None, progress: bool = True, overwrite: bool = False,
+    split: str = "coop",
 ) -> tuple[Path, TrainResult, float]:
     """Train the Multi-Modal Adapter on ``shots`` images per class (all classes, or the base half
     with ``base_only``) and save it as a checkpoint. Returns the path, the training result and the
@@ -95,8 +98,8 @@ def train_checkpoint(
     check_output_file(out_path, overwrite)
     train_config = train_config or TrainConfig()
     cache = Path(cache_dir) if cache_dir is not None else None
+    classes = base_novel_classes(dataset.class_names, split)[0] if base_only else dataset.class_names
     splits = few_shot_splits(dataset, train_config.shots, train_config.seed)
-    classes = base_novel_classes(dataset.class_names)[0] if base_only else dataset.class_names
     text = text_embeddings(provider, classes, [dataset.template], cache)
     train = _embed(provider, restrict(splits.train, classes), cache, progress)
     val = _embed(provider, restrict(splits.val, classes), cache, progress)
@@ -109,6 +112,8 @@ def train_checkpoint(
     metrics = {"test_acc": test_acc, "test_images": len(test), **result.summary()}
     meta = checkpoint_meta(provider, config, clip.logit_scale, tuple(classes), dataset.template, train_config,
                            metrics, dataset.name)
+    if base_only:
+        meta.training["split"] = split
     return save_checkpoint(out_path, result.head, meta, overwrite=overwrite), result, test_acc
 
 

@@ -178,3 +178,39 @@ def test_console_script_prints_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
     assert "Traceback" not in proc.stderr
+
+
+FIVE = ["owl", "ant", "yak", "bee", "cat"]  # an image folder's label order is by name: ant bee cat owl yak
+
+
+@pytest.mark.parametrize("split, base", [("coop", ["ant", "bee", "cat"]), ("authors", ["ant", "bee"])])
+def test_train_base_only_with_split_and_template(split: str, base: list[str], trained: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", FIVE, per_class=4)
+    out = tmp_path / "base.safetensors"
+    rc = cli.main(["train", "--data", str(data), "--clip-model", "mmadapter-tiny", "--clip-weights",
+                   str(trained["weights"]), "--shots", "1", "--epochs", "2", "--out", str(out), "--base-only",
+                   "--split", split, "--template", "a drawing of a {}.", "--cache-dir", str(tmp_path / "cache"),
+                   "--no-progress"])
+    assert rc == 0
+    meta = read_metadata(out)
+    assert meta["label_set"]["class_names"] == base
+    assert meta["label_set"]["templates"] == ["a drawing of a {}."]
+    assert meta["training"]["split"] == split
+
+
+def test_evaluate_writes_the_base_to_novel_report(trained: dict[str, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    data = make_image_folder(tmp_path / "data", FIVE, per_class=5)
+    rc = cli.main(["evaluate", "--data", str(data), "--clip-model", "mmadapter-tiny", "--clip-weights",
+                   str(trained["weights"]), "--shots", "2", "--epochs", "2", "--out", str(tmp_path / "report"),
+                   "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
+    assert rc == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["base_classes"] == ["ant", "bee", "cat"] and report["novel_classes"] == ["owl", "yak"]
+    assert report["split"] == "coop"
+    assert set(report["results"]) == {"zero-shot-clip", "clip-adapter", "mma"}
+    printed = capsys.readouterr().out
+    assert (tmp_path / "report" / "report.md").read_text() in printed and "report: " in printed

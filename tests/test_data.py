@@ -92,11 +92,22 @@ def test_few_shot_with_too_few_images_is_an_error(tmp_path: Path) -> None:
         few_shot_splits(ds, shots=16)
 
 
-def test_base_novel_split_sorted_first_half_base() -> None:
-    base, novel = base_novel_classes(["zebra", "ant", "moth", "cat", "dog"])
-    assert base == ("ant", "cat", "dog") and novel == ("moth", "zebra")
-    with pytest.raises(DataError):
+def test_base_novel_split_follows_coop_label_order(tmp_path: Path) -> None:
+    """CoOp's protocol: base = the first ceil(n/2) labels in the split file's label order (here not
+    alphabetical), never the first names after sorting; the authors' code takes floor(n/2)."""
+    labels = ["zebra", "ant", "moth", "cat", "dog"]  # label 0..4
+    entries = [[f"{name}/{i}.jpg", label, name] for label, name in enumerate(labels) for i in range(2)]
+    split_file = tmp_path / "split_zhou_Toy.json"
+    split_file.write_text(json.dumps({"train": entries[::-1], "val": [], "test": entries}))
+    class_names, _ = read_coop_split(split_file, tmp_path)
+    assert class_names == tuple(labels)
+    assert base_novel_classes(class_names) == (("zebra", "ant", "moth"), ("cat", "dog"))
+    assert base_novel_classes(class_names, "authors") == (("zebra", "ant"), ("moth", "cat", "dog"))
+    assert base_novel_classes(class_names[:4]) == base_novel_classes(class_names[:4], "authors")  # even n: same
+    with pytest.raises(DataError, match="at least 2"):
         base_novel_classes(["only"])
+    with pytest.raises(DataError, match="unknown base-to-novel split"):
+        base_novel_classes(labels, "sorted")
 
 
 def test_restrict_relabels(folder: Path) -> None:
