@@ -99,6 +99,15 @@ def resolve_destination(path: str | Path) -> Path:
 _swept: set[Path] = set()
 
 
+def _default_file_mode() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_DEFAULT_FILE_MODE = _default_file_mode()
+
+
 def _write_error(dest: Path, exc: BaseException) -> FileWriteError:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return FileWriteError(f"cannot write {dest}: no space left on the device")
@@ -130,6 +139,8 @@ def atomic_path(dest: str | Path, overwrite: bool = True, suffix: str = "") -> I
     try:
         try:
             yield tmp
+            # Some writers (safetensors) create their file 0600; the result gets an ordinary file's mode.
+            os.chmod(tmp, _DEFAULT_FILE_MODE)
             if overwrite:
                 os.replace(tmp, dest)
             else:
