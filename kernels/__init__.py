@@ -4,8 +4,7 @@
   -> adapted image embedding v' and text shift s (``adapter_attention.py``).
 - ``adapted_logits_triton``: fused [B, N] logits with the rescale epilogue (``adapter_logits.py``).
 - ``triton_adapter_head``: both, with ``functional.adapter_head``'s signature and an autograd
-  backward; ``adapter_head_op``: the same head as the ``mmadapter::adapter_head`` custom op
-  (CPU = torch fast path, CUDA = Triton).
+  backward.
 
 Importing this package needs torch only: the kernel modules (which import Triton) load on first use.
 """
@@ -14,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmadapter.kernels.head import adapter_head_op, triton_adapter_head
+from mmadapter.kernels.head import triton_adapter_head
 
 _LAZY = {
     "adapt_image_triton": "mmadapter.kernels.adapter_attention",
@@ -30,4 +29,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'mmadapter.kernels' has no attribute {name!r}")
 
 
-__all__ = ["adapt_image_triton", "adapted_logits_triton", "adapter_head_op", "triton_adapter_head"]
+__all__ = ["adapt_image_triton", "adapted_logits_triton", "triton_adapter_head"]

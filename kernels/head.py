@@ -1,4 +1,4 @@
-"""The adapter head on the Triton kernels: autograd wrapper and the ``mmadapter::adapter_head`` op.
+"""The adapter head on the Triton kernels, with an autograd backward.
 
 Forward runs the two fused kernels (``adapt_image_triton`` then ``adapted_logits_triton``). Backward is the
 torch fast path recomputed under ``enable_grad`` (``mmadapter.functional``): the head is O(N * C)
@@ -6,10 +6,9 @@ per image, so recomputing it costs one more forward, and the gradients are exact
 
 Triton is imported only when a kernel is launched, so this module (and ``mmadapter.kernels``)
 imports on machines without Triton or without a GPU.
-
-No ``from __future__ import annotations`` here: ``torch.library.custom_op`` reads the annotations
-to build the operator schema.
 """
+
+from __future__ import annotations
 
 import torch
 
@@ -88,53 +87,3 @@ def triton_adapter_head(
     if tensor_scale is not None:
         logits = logits * tensor_scale
     return logits, v_adapted, shift
-
-
-# --- one operator for tracing and dispatch: CPU (and any other device) = torch fast path, CUDA = Triton.
-
-
-@torch.library.custom_op("mmadapter::adapter_head", mutates_args=())
-def adapter_head_op(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-    down_weight: torch.Tensor, down_bias: torch.Tensor, in_proj_weight: torch.Tensor, in_proj_bias: torch.Tensor,
-    out_proj_weight: torch.Tensor, out_proj_bias: torch.Tensor, up_weight: torch.Tensor, up_bias: torch.Tensor,
-    num_heads: int, blend: float, logit_scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logits, v', s) of the adapter head as one operator; the weights in ``AdapterParams`` order."""
-    inputs = (image_emb, text_emb, keys, values, down_weight, down_bias, in_proj_weight, in_proj_bias,
-              out_proj_weight, out_proj_bias, up_weight, up_bias)
-    return tuple(o.contiguous().clone() for o in _fast_path(inputs, num_heads, blend, logit_scale))
-
-
-@adapter_head_op.register_kernel("cuda")
-def _adapter_head_cuda(
-    image_emb, text_emb, keys, values, down_weight, down_bias, in_proj_weight, in_proj_bias,  # noqa: ANN001
-    out_proj_weight, out_proj_bias, up_weight, up_bias, num_heads, blend, logit_scale,  # noqa: ANN001
-):
-    params = (down_weight, down_bias, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
-              up_weight, up_bias)
-    return _launch(image_emb, text_emb, keys, values, params, num_heads, blend, logit_scale)
-
-
-@adapter_head_op.register_fake
-def _adapter_head_fake(
-    image_emb, text_emb, keys, values, down_weight, down_bias, in_proj_weight, in_proj_bias,  # noqa: ANN001
-    out_proj_weight, out_proj_bias, up_weight, up_bias, num_heads, blend, logit_scale,  # noqa: ANN001
-):
-    b, c = image_emb.shape
-    n = text_emb.shape[0]
-    return image_emb.new_empty((b, n)), image_emb.new_empty((b, c)), image_emb.new_empty((b, c))
-
-
-def _op_setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
-    *tensors, num_heads, blend, logit_scale = inputs
-    ctx.save_for_backward(*tensors)
-    ctx.cfg = (num_heads, blend, logit_scale)
-
-
-def _op_backward(ctx, *grads):  # noqa: ANN001
-    needs = ctx.needs_input_grad[:12]
-    return (*_recompute_grads(ctx.saved_tensors, needs, grads, *ctx.cfg), None, None, None)
-
-
-adapter_head_op.register_autograd(_op_backward, setup_context=_op_setup_context)

@@ -7,8 +7,8 @@ single-query attention over N keys and values that depend on the label set only.
 
     <v'_b, t'_bi> = ((1-l) <v'_b, t_i> + l <v'_b, s_b>) / sqrt((1-l)^2 + l^2 + 2 l (1-l) <t_i, s_b>)
 
-These functions are the torch backend of the adapter, the CPU implementation of the custom op,
-what the ONNX export traces, and what the Triton kernel is checked against besides the reference.
+These functions are the torch backend of the adapter, what the ONNX export traces, the backward of the
+Triton head, and what the Triton kernels are checked against besides the reference.
 """
 
 from __future__ import annotations

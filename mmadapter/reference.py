@@ -61,17 +61,3 @@ class ReferenceMultiModalAdapter(nn.Module):
         logits = logit_scale * torch.einsum("bc,bnc->bn", v_adapted, t_adapted)
         return logits, v_adapted, t_adapted
 
-
-def reference_logits(
-    state_dict: dict[str, torch.Tensor],
-    config: AdapterConfig,
-    image_emb: torch.Tensor,
-    text_emb: torch.Tensor,
-    logit_scale: float = 100.0,
-) -> torch.Tensor:
-    """Logits of the paper's formulation for an adapter state dict (any module with our names)."""
-    ref = ReferenceMultiModalAdapter(config).to(device=image_emb.device, dtype=image_emb.dtype)
-    ref.load_state_dict(state_dict)
-    ref.eval()
-    with torch.no_grad():
-        return ref(image_emb, text_emb, logit_scale)[0]

@@ -15,7 +15,8 @@ import mmap
 
 import pytest
 import torch
-from test_kernels import DEVICE, EMB_ATOL_FP32, LOGIT_ATOL_FP32, make_case, max_err
+from test_kernels import DEVICE, make_case
+from tolerances import EMB_ATOL_FP32, LOGIT_ATOL_FP32, assert_close
 
 from mmadapter import functional
 
@@ -70,8 +71,8 @@ def test_logits_rows_and_classes_past_2_31() -> None:
         got = adapted_logits_triton(far_apart(v_ad), far_apart(shift), far_apart(text), model.config.blend, 100.0,
                                     out=out)
     assert got is out
-    err = max_err(out, ref_logits)  # nan (a row never written) fails too
-    assert err <= LOGIT_ATOL_FP32, f"far-apart logits vs reference.py: max abs {err:.3g} > {LOGIT_ATOL_FP32}"
+    # nan (a row never written) fails too
+    assert_close(out, ref_logits, LOGIT_ATOL_FP32, what="Triton logits of far-apart rows vs reference.py")
 
 
 @interpreter_only
@@ -89,10 +90,8 @@ def test_attention_rows_and_keys_past_2_31(num_splits: int | None, block_n: int 
         _, fast_shift = functional.adapt_image(image, keys, values, p, heads, blend)
         v_ad, shift = adapt_image_triton(far_apart(image), far_apart(keys), far_apart(values), tuple(p), heads, blend,
                                          num_splits=num_splits, block_n=block_n)
-    err = max_err(v_ad, ref_v)
-    assert err <= EMB_ATOL_FP32, f"far-apart v' vs reference.py: max abs {err:.3g} > {EMB_ATOL_FP32}"
-    err = max_err(shift, fast_shift)
-    assert err <= EMB_ATOL_FP32, f"far-apart s vs functional.adapt_image: max abs {err:.3g} > {EMB_ATOL_FP32}"
+    assert_close(v_ad, ref_v, EMB_ATOL_FP32, what="Triton v' of far-apart rows vs reference.py")
+    assert_close(shift, fast_shift, EMB_ATOL_FP32, what="Triton s of far-apart rows vs functional.adapt_image")
 
 
 @pytest.mark.gpu
@@ -108,5 +107,4 @@ def test_imagenet21k_logits_on_gpu() -> None:
     first_far_row = 2**31 // n_cls + 1  # every element of this row and later ones is past 2^31
     for rows in (slice(0, 64), slice(first_far_row, first_far_row + 64), slice(batch - 64, batch)):
         want = functional.adapted_logits(v_ad[rows], shift[rows], text, blend, 100.0)
-        err = max_err(logits[rows], want)
-        assert err <= LOGIT_ATOL_FP32, f"logits rows {rows}: max abs {err:.3g} vs functional > {LOGIT_ATOL_FP32}"
+        assert_close(logits[rows], want, LOGIT_ATOL_FP32, what=f"Triton logits {rows} vs functional.adapted_logits")
