@@ -40,7 +40,7 @@ def package_versions() -> dict[str, str]:
     """Versions of the packages that made (or must read) the files; "absent" where not installed."""
     out = {}
     for dist in ("mmadapter", "torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "open_clip_torch",
-                 "tensorrt"):
+                 "tensorrt", "tokenizers", "ftfy"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -233,6 +233,22 @@ def _classifier_dims(c: _Checker, graphs: dict[str, Any], num_classes: int | Non
                f"{list(image_size)} (RGB, 3 channels)")
 
 
+def _check_tokenizer(c: _Checker, tokenizer: dict[str, Any], files: dict[str, Any]) -> None:
+    """The torch-free tokenizer's file is one of the export's hashed files; its special ids are ids."""
+    file = c.get(tokenizer, "file", "tokenizer", str)
+    if file is not None and (not plain_file_name(file) or file not in files):
+        c.fail("tokenizer.file", f"{file!r} is not listed under files")
+    c.get(tokenizer, "kind", "tokenizer", str)
+    for key in ("sot_token_id", "eot_token_id"):
+        value = c.get(tokenizer, key, "tokenizer", int)
+        if value is not None and value < 0:
+            c.fail(f"tokenizer.{key}", f"must be >= 0, got {value}")
+    specials = c.get(tokenizer, "special_tokens", "tokenizer", dict, required=False)
+    if specials is not None and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                        for v in specials.values()):
+        c.fail("tokenizer.special_tokens", "ids must be integers >= 0")
+
+
 def check_manifest(data: Any) -> list[str]:
     """Every schema problem of a parsed manifest (format fields aside), as ``field: problem``."""
     c = _Checker()
@@ -316,6 +332,8 @@ def check_manifest(data: Any) -> list[str]:
             size = c.get(entry, "bytes", where, int)
             if size is not None and size < 0:
                 c.fail(f"{where}.bytes", f"must be >= 0, got {size}")
+    if tokenizer is not None:
+        _check_tokenizer(c, tokenizer, files or {})
     graphs = c.get(data, "graphs", "", dict)
     if graphs is not None:
         for name, entry in graphs.items():

@@ -383,6 +383,9 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
         class_emb = clip.class_embeddings(meta.label_set.class_names, meta.label_set.templates)
         bank = adapter.class_bank(class_emb, meta.label_set.class_names)
     context_length = int(getattr(clip.tokenizer, "context_length", 77))
+    from mmadapter.export.tokenizer import write_tokenizer
+
+    tokenizer_fields = write_tokenizer(tmp, clip.tokenizer)  # serving tokenizes new label sets without torch
     specs = build_specs(clip.model, adapter, bank, meta.logit_scale, clip.image_size, context_length)
     bar.update()
     graphs: dict[str, Any] = {}
@@ -420,12 +423,16 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
         step("validate")
         reports = _validate_all(specs, graphs, tmp, clip, adapter, bank, meta, providers, build_cases,
                                 validate_graph)
-        failures = [f for r in reports for f in r["failures"]]
+        open_reports = _validate_open_vocabulary(graphs, tmp, tokenizer_fields, clip, adapter, meta, providers)
+        failures = [f for r in reports + open_reports for f in r["failures"]]
         if failures:
             raise ExportError(f"validation failed: {_summarise(failures)}")
         bar.update()
 
     manifest = _manifest(tmp, checkpoint, meta, clip, graphs, opset, reports, validate, context_length)
+    manifest["tokenizer"] = {"model_name": meta.clip.model_name, **tokenizer_fields}
+    if validate:
+        manifest["validation"]["open_vocabulary"] = open_reports
     tensorrt_error = None
     if tensorrt:
         step("tensorrt")
@@ -436,7 +443,7 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
             manifest["tensorrt"] = _build_engines(tmp, graphs, profile, max_classes, len(bank.class_names), fp16)
         bar.update()
     manifest["files"] = {name: file_entry(tmp, name) for name in sorted(os.listdir(tmp))
-                         if (tmp / name).is_file() and not name.endswith(".json")}
+                         if (tmp / name).is_file() and (name == tokenizer_fields["file"] or not name.endswith(".json"))}
     manifest = seal(manifest)
     write_manifest(tmp, manifest)
     if repo_tmp is not None:
@@ -467,6 +474,17 @@ def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, b
                         report.failures.append(f"{name}: non-standard ops {foreign} in the portable graph")
                 reports.append(report.to_dict())
     return reports
+
+
+def _validate_open_vocabulary(graphs, folder, tokenizer_fields, clip, adapter, meta, providers):
+    import onnxruntime as ort
+    from mmadapter.export.runtime import resolve_providers, session_options
+    from mmadapter.export.validate import validate_open_vocabulary
+
+    chosen = resolve_providers(providers)
+    return validate_open_vocabulary(folder, graphs, tokenizer_fields, clip, adapter, meta.logit_scale,
+                                    meta.label_set.class_names, meta.label_set.templates,
+                                    lambda p: ort.InferenceSession(str(p), session_options(), providers=chosen))
 
 
 def _manifest(folder, checkpoint, meta, clip, graphs, opset, reports, validated, context_length) -> dict[str, Any]:

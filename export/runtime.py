@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,8 +177,10 @@ class ExportedModel:
     """An export folder: manifest, label set, preprocessing, and sessions over its graphs."""
 
     def __init__(self, folder: str | Path, providers: Sequence[str] | None = None, precision: str = "fp32",
-                 intra_op_threads: int | None = None):
+                 intra_op_threads: int | None = None, bank_cache: str | Path | bool | None = True):
         self.folder = Path(folder)
+        # True: the default folder (open_vocab.default_cache_dir); a path; None/False: no class bank cache.
+        self.bank_cache = bank_cache
         self.manifest = read_manifest(self.folder)
         self.providers = providers
         self.precision = precision
@@ -186,16 +188,18 @@ class ExportedModel:
         # read_manifest checked the schema and the hash: the fields below exist and have their types.
         self.class_names: list[str] = list(self.manifest["label_set"]["class_names"])
         self.preprocessing = Preprocessing.from_dict(self.manifest["preprocessing"])
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[tuple[str, str], Session] = {}
+        self._open_vocabulary: Any = None
 
-    def graph_file(self, graph: str, provider: str | None = None) -> Path:
+    def graph_file(self, graph: str, provider: str | None = None, precision: str | None = None) -> Path:
+        precision = precision or self.precision
         entry = self.manifest["graphs"].get(graph)
         if entry is None:
             raise ExportError(f"{self.folder} has no graph {graph!r}; it has {sorted(self.manifest['graphs'])}")
-        files = entry["files"].get(self.precision)
+        files = entry["files"].get(precision)
         if files is None:
-            raise ExportError(f"{self.folder} has no {self.precision} {graph} (export with --{self.precision} for "
-                              f"{self.precision} graphs; int8 exists for the image classifier only)")
+            raise ExportError(f"{self.folder} has no {precision} {graph} (export with --{precision} for "
+                              f"{precision} graphs; int8 exists for the image classifier only)")
         # TensorRT's parser takes standard ONNX ops only; other providers get the fused graph.
         kind = "portable" if provider == PROVIDER_ORDER[0] else "ort"
         if kind not in files:
@@ -203,16 +207,39 @@ class ExportedModel:
                               "choose fp32 or fp16, or --providers cpu")
         return verified_file(self.folder, self.manifest, files[kind])
 
-    def session(self, graph: str) -> Session:
-        if graph not in self._sessions:
+    def session(self, graph: str, precision: str | None = None) -> Session:
+        key = (graph, precision or self.precision)
+        if key not in self._sessions:
             first = resolve_providers(self.providers)[0]
-            path = self.graph_file(graph, first)
+            path = self.graph_file(graph, first, key[1])
             batch_inputs = self.manifest["graphs"][graph]["batch_inputs"]
             session = Session(path, self.providers, self.intra_op_threads, batch_inputs)
             if graph == "image_classifier":
                 self._check_classifier(session)
-            self._sessions[graph] = session
-        return self._sessions[graph]
+            self._sessions[key] = session
+        return self._sessions[key]
+
+    def session_providers(self) -> dict[str, list[str]]:
+        """The execution providers each session opened so far really got, by graph file."""
+        return {s.path.name: list(s.providers) for s in self._sessions.values()}
+
+    @property
+    def open_vocabulary(self) -> Any:
+        """Tokenizer, text encoder, class bank and adapter head for label sets other than the folded one
+        (:class:`mmadapter.export.open_vocab.OpenVocabulary`)."""
+        if self._open_vocabulary is None:
+            from mmadapter.export.open_vocab import OpenVocabulary
+
+            self._open_vocabulary = OpenVocabulary.for_model(self)
+        return self._open_vocabulary
+
+    def classify(self, images: Any, class_names: Sequence[str] | None = None, templates: Sequence[str] | None = None,
+                 batch_size: int = 32) -> Any:
+        """Logits over ``class_names`` (default: the exported label set) for images (file paths, PIL
+        images, or preprocessed pixels [B, 3, H, W]); a :class:`~mmadapter.export.open_vocab.Classification`.
+        New class names (or templates) go through the tokenizer, text encoder, class bank (cached on
+        disk) and adapter head; ``templates`` default to the checkpoint's."""
+        return self.open_vocabulary.classify(self, images, class_names, templates, batch_size)
 
     def _check_classifier(self, session: Session) -> None:
         """The graph itself (not only the manifest) must give one logit per class name and take
@@ -245,12 +272,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def classify_images(
     onnx_dir: Path, image_paths: list[Path], top_k: int = 5, *, providers: Sequence[str] | None = None,
-    batch_size: int = 32, precision: str = "fp32", strict: bool = False,
+    batch_size: int = 32, precision: str = "fp32", strict: bool = False, class_names: Sequence[str] | None = None,
+    templates: Sequence[str] | None = None, on_providers: Callable[[dict[str, list[str]]], None] | None = None,
 ) -> list[Any]:
     """Top-k (class name, probability) per image, probabilities from the softmax of the logits
-    over the exported label set, in input order. An unreadable, corrupt or oversized image is an
-    ``ImageSkip`` in its place (``strict``: a DataError naming it); if none can be read, a DataError
-    naming the first. Non-finite logits are an ExportError, never printed as nan."""
+    over the exported label set (or ``class_names``: open vocabulary), in input order.
+    ``on_providers`` receives the execution providers each session really got. An unreadable, corrupt or
+    oversized image is an ``ImageSkip`` in its place (``strict``: a DataError naming it); if none can be
+    read, a DataError naming the first. Non-finite logits are an ExportError, never printed as nan."""
     from mmadapter.images import ImageSkip, read_images
     from mmadapter.predictions import check_some_read, in_order, rank
 
@@ -259,6 +288,8 @@ def classify_images(
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1, got {batch_size}")
     model = ExportedModel(onnx_dir, providers, precision)
+    if class_names is not None or templates is not None:  # the label set's problems before any image is read
+        model.open_vocabulary.bank(class_names if class_names is not None else model.class_names, templates)
     short_side = max(model.preprocessing.image_size)
     results: list[Any] = []
     for start in range(0, len(image_paths), batch_size):
@@ -268,7 +299,9 @@ def classify_images(
         ranked = []
         if good:
             pixels = preprocess_batch([img for _, img in good], model.preprocessing)
-            logits = model.classify_pixels(pixels, batch_size)["logits"]
-            ranked = rank(logits, [p for p, _ in good], model.class_names, top_k, ExportError)
+            scored = model.classify(pixels, class_names, templates, batch_size)
+            ranked = rank(scored.logits, [p for p, _ in good], scored.class_names, top_k, ExportError)
         results.extend(in_order(loaded, ranked))
+    if on_providers is not None:
+        on_providers(model.session_providers())
     return check_some_read(results)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from mmadapter.export.open_vocab import CLIP_IMAGE_EMBEDDING
 from torch import nn
 
 from mmadapter import functional
@@ -84,7 +85,12 @@ class GraphSpec:
 
 
 class ImageClassifier(nn.Module):
-    """Pixels -> (logits over the folded label set, adapted image embedding), fast path."""
+    """Pixels -> (logits over the folded label set, adapted image embedding, CLIP image embedding), fast path.
+
+    The raw unit-norm CLIP embedding is a third output rather than a separate image-encoder graph: the
+    image tower is the bulk of the weights and the time, so one graph (one file per precision, one
+    session, one pass) serves both the folded label set and any new one (through ``adapter_head``);
+    the folded head it also computes costs O(B * N * C), little next to the tower."""
 
     def __init__(self, clip_model: nn.Module, adapter: MultiModalAdapter, bank: ClassBank, logit_scale: float):
         super().__init__()
@@ -97,13 +103,13 @@ class ImageClassifier(nn.Module):
         self.register_buffer("keys", bank.keys.detach().float().clone())
         self.register_buffer("values", bank.values.detach().float().clone())
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         image_emb = F.normalize(self.visual(pixels), dim=-1)
         logits, v_adapted, _ = functional.adapter_head(
             image_emb, self.text_emb, self.keys, self.values, self.adapter.params(),
             self.cfg.num_heads, self.cfg.blend, self.logit_scale,
         )
-        return logits, v_adapted
+        return logits, v_adapted, image_emb
 
 
 class TextEncoder(nn.Module):
@@ -190,9 +196,11 @@ def build_specs(
             "image_classifier",
             ImageClassifier(clip_model, adapter, bank, logit_scale).eval(),
             (TensorSpec("pixels", f32, (BATCH, 3, h, w)),),
-            (TensorSpec("logits", f32, (BATCH, n)), TensorSpec("image_embedding", f32, (BATCH, c))),
+            (TensorSpec("logits", f32, (BATCH, n)), TensorSpec("image_embedding", f32, (BATCH, c)),
+             TensorSpec(CLIP_IMAGE_EMBEDDING, f32, (BATCH, c))),
             pixels,
-            "preprocessed pixels -> logits over the checkpoint's label set and the adapted image embedding",
+            "preprocessed pixels -> logits over the checkpoint's label set, the adapted image embedding and "
+            "CLIP's unit-norm image embedding (adapter_head's input for any other label set)",
             int8_scopes=("visual.transformer",),
         ),
         GraphSpec(

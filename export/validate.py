@@ -19,10 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from mmadapter.export.open_vocab import CLIP_IMAGE_EMBEDDING, OpenVocabulary, head
 from mmadapter.export.specs import EXPORT_BATCH, GraphSpec
+from mmadapter.export.tokenizer import ClipTokenizer
 
 from mmadapter.adapter import ClassBank, MultiModalAdapter
 from mmadapter.backbone import FrozenClip, format_prompt
+from mmadapter.labels import check_class_names
 
 VALIDATION_BATCHES = (1, 3, 17)
 COSINE_MIN = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.999}
@@ -134,10 +137,11 @@ def build_cases(
     image_emb = clip.encode_images(pixels)
     out = adapter(image_emb, bank, logit_scale)
     cases: dict[str, list[Case]] = {"image_classifier": [], "text_encoder": [], "class_bank": [], "adapter_head": []}
-    for b, px, lg, emb in zip(batch_sizes, _split(pixels, batch_sizes), _split(out.logits, batch_sizes),
-                              _split(out.image_emb, batch_sizes)):
+    for b, px, lg, emb, raw in zip(batch_sizes, _split(pixels, batch_sizes), _split(out.logits, batch_sizes),
+                                   _split(out.image_emb, batch_sizes), _split(image_emb, batch_sizes)):
         cases["image_classifier"].append(
-            Case(f"batch {b}", {"pixels": _np(px)}, {"logits": _np(lg), "image_embedding": _np(emb)}))
+            Case(f"batch {b}", {"pixels": _np(px)}, {"logits": _np(lg), "image_embedding": _np(emb),
+                                                     CLIP_IMAGE_EMBEDDING: _np(raw)}))
 
     names = list(bank.class_names) or [f"class {i}" for i in range(bank.num_classes)]
     prompts = [format_prompt(t, c) for t in templates for c in names]
@@ -216,8 +220,7 @@ def validate_graph(
     if report.failures:
         return report
     # 2. Values against torch, at every case; record worst cosine and abs diff per output.
-    agree, seen = 0, 0
-    thr = COSINE_MIN[precision]
+    tally = [0, 0]
     for case in cases:
         report.batch_sizes.append(next(iter(case.inputs.values())).shape[0])
         try:
@@ -225,34 +228,133 @@ def validate_graph(
         except Exception as exc:  # noqa: BLE001 - a runtime failure at one batch size is a failure to report
             fail(f"{path.name} [{case.label}]: run failed ({str(exc).splitlines()[0] if str(exc) else exc})")
             continue
-        for name, ref in case.expected.items():
-            out = got[name]
-            if out.shape != ref.shape:
-                fail(f"{path.name} [{case.label}]: {name} shape {list(out.shape)}, torch gives {list(ref.shape)}")
-                continue
-            if out.dtype != np.float32:
-                fail(f"{path.name} [{case.label}]: {name} dtype {out.dtype}, expected float32")
-            if not np.isfinite(out).all():
-                fail(f"{path.name} [{case.label}]: {name} has NaN or infinite values")
-                continue
-            diff = float(np.abs(out.astype(np.float64) - ref).max())
-            report.max_abs_diff[name] = max(report.max_abs_diff.get(name, 0.0), diff)
-            if name == "logits":
-                decisive = _top2_margin(ref) > TIE_MARGIN[precision] * max(1.0, float(np.abs(ref).max()))
-                report.near_ties += int((~decisive).sum())
-                agree += int((out.argmax(-1) == ref.argmax(-1))[decisive].sum())
-                seen += int(decisive.sum())
-                tol = LOGITS_ATOL_FP32 * max(1.0, float(np.abs(ref).max()))
-                if precision == "fp32" and diff > tol:
-                    fail(f"{path.name} [{case.label}]: logits differ from torch by {diff:.3g} > {tol:.3g}")
-                continue
-            cos = float(_row_cosines(out, ref).min())
-            report.min_cosine[name] = min(report.min_cosine.get(name, math.inf), cos)
-            if cos < thr:
-                fail(f"{path.name} [{case.label}]: {name} cosine {cos:.7f} < {thr}")
+        _compare(report, path.name, case.label, got, case.expected, tally)
+    _check_top1(report, path.name, tally)
+    return report
+
+
+def _compare(report: GraphReport, what: str, label: str, got: dict[str, np.ndarray], expected: dict[str, np.ndarray],
+             tally: list[int]) -> None:
+    """Outputs ``got`` against torch's ``expected`` at ``report.precision``'s thresholds; failures and the
+    worst cosine and abs diff go into ``report``, top-1 counts (agreeing, decisive) into ``tally``."""
+    fail = report.failures.append
+    precision = report.precision
+    thr = COSINE_MIN[precision]
+    for name, ref in expected.items():
+        out = got[name]
+        if out.shape != ref.shape:
+            fail(f"{what} [{label}]: {name} shape {list(out.shape)}, torch gives {list(ref.shape)}")
+            continue
+        if out.dtype != np.float32:
+            fail(f"{what} [{label}]: {name} dtype {out.dtype}, expected float32")
+        if not np.isfinite(out).all():
+            fail(f"{what} [{label}]: {name} has NaN or infinite values")
+            continue
+        diff = float(np.abs(out.astype(np.float64) - ref).max())
+        report.max_abs_diff[name] = max(report.max_abs_diff.get(name, 0.0), diff)
+        if name == "logits":
+            decisive = _top2_margin(ref) > TIE_MARGIN[precision] * max(1.0, float(np.abs(ref).max()))
+            report.near_ties += int((~decisive).sum())
+            tally[0] += int((out.argmax(-1) == ref.argmax(-1))[decisive].sum())
+            tally[1] += int(decisive.sum())
+            tol = LOGITS_ATOL_FP32 * max(1.0, float(np.abs(ref).max()))
+            if precision == "fp32" and diff > tol:
+                fail(f"{what} [{label}]: logits differ from torch by {diff:.3g} > {tol:.3g}")
+            continue
+        cos = float(_row_cosines(out, ref).min())
+        report.min_cosine[name] = min(report.min_cosine.get(name, math.inf), cos)
+        if cos < thr:
+            fail(f"{what} [{label}]: {name} cosine {cos:.7f} < {thr}")
+
+
+def _check_top1(report: GraphReport, what: str, tally: list[int]) -> None:
+    agree, seen = tally
     if seen:
         report.top1_agreement = agree / seen
         if report.top1_agreement < TOP1_MIN:
             share = report.top1_agreement
-            fail(f"{path.name}: top-1 identical on {agree}/{seen} inputs ({share:.2%} < {TOP1_MIN:.1%})")
-    return report
+            report.failures.append(f"{what}: top-1 identical on {agree}/{seen} inputs ({share:.2%} < {TOP1_MIN:.1%})")
+
+
+# The open-vocabulary path, end to end -----------------------------------------------------------------------
+
+# A label set unlike any checkpoint's: accents, non-Latin script, punctuation, an HTML entity, underscores.
+OPEN_VOCABULARY_NAMES = ("zebra", "lighthouse", "violin", "thunderstorm", "Café crème", "ナイフ", "x-ray machine",
+                         "rock &amp; roll", "golden_retriever", "teapot", "glacier")
+OPEN_VOCABULARY_SEED = 1  # other sample images than the graph cases
+
+
+def open_vocabulary_names(checkpoint_names: Sequence[str]) -> list[str]:
+    """:data:`OPEN_VOCABULARY_NAMES` less any the checkpoint's label set already has (in prompt terms)."""
+    names: list[str] = []
+    for name in OPEN_VOCABULARY_NAMES:
+        try:
+            check_class_names([*checkpoint_names, *names, name])
+        except ValueError:
+            continue
+        names.append(name)
+    return names
+
+
+@torch.no_grad()
+def validate_open_vocabulary(
+    folder: Path,
+    graphs: dict[str, Any],
+    tokenizer_fields: dict[str, Any],
+    clip: FrozenClip,
+    adapter: MultiModalAdapter,
+    logit_scale: float,
+    checkpoint_names: Sequence[str],
+    templates: Sequence[str],
+    session_factory: Callable[[Path], Any],
+    batch_sizes: Sequence[int] = VALIDATION_BATCHES,
+) -> list[dict[str, Any]]:
+    """A label set other than the checkpoint's, through what the runtime runs (the export's tokenizer,
+    ``text_encoder``, ``class_bank``, the image classifier's CLIP embedding, ``adapter_head``; the
+    ``.ort.onnx`` files), against the torch model (open_clip's tokenizer and encoders, the adapter with
+    a class bank) at the graphs' thresholds. One report per precision of the image classifier (int8
+    runs its text side in fp32, as the runtime does)."""
+    names = open_vocabulary_names(checkpoint_names)
+    adapter = adapter.eval()
+    pixels = torch.stack([clip.preprocess(img) for img in sample_images(sum(batch_sizes), OPEN_VOCABULARY_SEED)])
+    image_emb = clip.encode_images(pixels)
+    ref_bank = adapter.class_bank(clip.class_embeddings(names, templates), names)
+    ref = adapter(image_emb, ref_bank, logit_scale)
+    tokenizer = ClipTokenizer.from_manifest(folder, tokenizer_fields)
+    prompts = [format_prompt(t, c) for t in templates for c in names]
+    tokens_match = bool((tokenizer(prompts) == clip.tokenizer(prompts).numpy()).all())
+    width = (int(ref_bank.text_emb.shape[1]), int(ref_bank.keys.shape[1]))
+    reports = []
+    for precision in graphs["image_classifier"]["files"]:
+        text_precision = "fp32" if precision == "int8" else precision
+        sessions: dict[str, Any] = {}
+
+        def run(graph: str, feeds: dict[str, np.ndarray], precision: str = precision,
+                text_precision: str = text_precision, sessions: dict[str, Any] = sessions) -> dict[str, np.ndarray]:
+            file = graphs[graph]["files"][precision if graph == "image_classifier" else text_precision]["ort"]
+            if file not in sessions:
+                sessions[file] = session_factory(folder / file)
+            sess = sessions[file]
+            return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+        what = f"open vocabulary ({len(names)} new classes, {precision})"
+        report = GraphReport(what, precision)
+        if not tokens_match:
+            report.failures.append(f"{what}: the exported tokenizer's ids differ from open_clip's")
+        tally = [0, 0]
+        try:
+            bank = OpenVocabulary(tokenizer, run, templates, "validation", precision, None, width).bank(names)
+            _compare(report, what, "class bank", {"text_emb": bank.text_emb, "keys": bank.keys, "values": bank.values},
+                     {"text_emb": _np(ref_bank.text_emb), "keys": _np(ref_bank.keys),
+                      "values": _np(ref_bank.values)}, tally)
+            for b, px, lg, emb in zip(batch_sizes, _split(pixels, batch_sizes), _split(ref.logits, batch_sizes),
+                                      _split(ref.image_emb, batch_sizes)):
+                report.batch_sizes.append(b)
+                raw = run("image_classifier", {"pixels": _np(px)})[CLIP_IMAGE_EMBEDDING]
+                got = head(run, raw, bank)
+                _compare(report, what, f"batch {b}", got, {"logits": _np(lg), "image_embedding": _np(emb)}, tally)
+        except Exception as exc:  # noqa: BLE001 - a failure anywhere on the path is a failure to report
+            report.failures.append(f"{what}: run failed ({str(exc).splitlines()[0] if str(exc) else exc})")
+        _check_top1(report, what, tally)
+        reports.append(report.to_dict())
+    return reports
