@@ -232,13 +232,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     classes = parse_class_list(args.classes) if args.classes is not None else None
     images = collect_images(args.images)
     if args.onnx is not None:
-        if classes is not None:
-            raise UsageError("--classes needs --checkpoint: an exported model's label set is fixed at export")
         try:
             from mmadapter.export.runtime import classify_images
         except ImportError as exc:
             raise DataError(f"ONNX prediction is unavailable ({exc}); install 'mmadapter[runtime]'") from None
-        results = classify_images(args.onnx, images, args.top_k, precision=args.precision, strict=args.strict)
+
+        def show_providers(providers: dict[str, list[str]]) -> None:
+            print("providers: " + "; ".join(f"{name}: {', '.join(got)}" for name, got in providers.items()),
+                  file=sys.stderr)
+
+        results = classify_images(args.onnx, images, args.top_k, precision=args.precision, strict=args.strict,
+                                  class_names=classes, on_providers=show_providers if args.verbose else None)
     else:
         from mmadapter.predict import predict_images
 
@@ -397,6 +401,8 @@ def build_parser() -> ArgumentParser:
                    help="which exported graphs --onnx serves (fp16/int8 need export --fp16/--int8)")
     p.add_argument("--strict", action="store_true",
                    help="an unreadable, corrupt or oversized image is an error (default: skipped and counted)")
+    p.add_argument("--verbose", action="store_true",
+                   help="--onnx: print the execution providers each ONNX Runtime session really got (stderr)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("convert", help="turn an adapter trained with the authors' code (dqmis/clip-mma) into a "
@@ -479,6 +485,10 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         print("error: terminated (nothing half-written was left behind)", file=sys.stderr)
         return EXIT_TERMINATED
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        hint = _missing_install(exc, parser, argv)
+        if hint is not None:
+            print(f"error: {hint}", file=sys.stderr)
+            return EXIT_USER_ERROR
         if os.environ.get("MMADAPTER_DEBUG"):
             raise
         if _is_user_fault(exc):
@@ -492,6 +502,23 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         if quiet_logs:
             logging.disable(logging.NOTSET)
         _flush_stdout()
+
+
+# Top-level modules of the optional installs (pyproject.toml's extras): a serving install has none of the first.
+_EXTRA_OF_MODULE = {**dict.fromkeys(("torch", "torchvision", "open_clip", "safetensors", "tqdm", "onnx", "onnxscript"),
+                                    "train"), "onnxruntime": "runtime"}
+
+
+def _missing_install(exc: BaseException, parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """One line naming the install a command needs, for an import of a module that an extra provides."""
+    module = (getattr(exc, "name", None) or "").split(".")[0] if isinstance(exc, ModuleNotFoundError) else ""
+    extra = _EXTRA_OF_MODULE.get(module)
+    if extra is None:
+        return None
+    words = [a for a in argv if not a.startswith("-")]
+    command = f"{parser.prog} {words[0]}" if parser.prog == "mmadapter" and words else parser.prog
+    what = "the training install" if extra == "train" else "ONNX Runtime"
+    return f"`{command}` needs {what} ({module} is not installed): pip install 'mmadapter[{extra}]'"
 
 
 def _describe(exc: BaseException) -> str:
