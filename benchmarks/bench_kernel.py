@@ -8,10 +8,11 @@ head must move once: keys, values, text embeddings, weights and images read, log
 written; it is compared with the copy bandwidth of the same device, measured in the same run (the
 practical roofline).
 
-    python benchmarks/bench_kernel.py [--quick] [--dtype float16] [--out CSV]
+    python -m benchmarks.bench_kernel [--quick | --smoke] [--dtype float16] [--out CSV]
 
-On a machine without CUDA only the CPU providers run; the rows of the others say why they were
-skipped. CSV: benchmarks/results/kernel_<device>.csv; plot: benchmarks/plot_kernel.py.
+from the repository root. On a machine without CUDA only the CPU providers run; the rows of the others
+say why they were skipped. CSV: benchmarks/results/kernel_<device>.csv; plot: ``python -m
+benchmarks.plot_kernel CSV``. Needs torch (and Triton for the Triton row) only: no open_clip.
 """
 
 from __future__ import annotations
@@ -25,23 +26,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import (  # noqa: E402
-    RESULTS_DIR,
-    copy_bandwidth_gbps,
-    print_table,
-    time_cpu,
-    time_cuda,
-    write_csv,
-)
-from mmadapter import functional  # noqa: E402
-from mmadapter.config import AdapterConfig  # noqa: E402
-from mmadapter.reference import ReferenceMultiModalAdapter  # noqa: E402
+from benchmarks.common import RESULTS_DIR, copy_bandwidth_gbps, print_table, time_cpu, time_cuda, write_csv
+from mmadapter import functional
+from mmadapter.config import AdapterConfig
+from mmadapter.reference import ReferenceMultiModalAdapter
 
 BATCHES = (1, 8, 64, 256, 1024)
 CLASS_COUNTS = (10, 100, 1000, 10000, 21843)
 QUICK_BATCHES = (1, 8, 64)
 QUICK_CLASS_COUNTS = (10, 100, 1000)
+# Seconds: checks that the script runs and writes its CSV, measures nothing worth keeping.
+SMOKE_BATCHES = (1, 4)
+SMOKE_CLASS_COUNTS = (10, 33)
 PROVIDERS = ("reference", "torch-fast", "torch-compile", "sdpa", "triton")
 # The reference materialises several [B * heads, N+1, N+1] tensors (mask, scores, weights).
 REFERENCE_BUDGET_BYTES = {"cpu": 2 << 30, "cuda": 24 << 30}
@@ -100,13 +96,23 @@ def build(width: int, device: str, dtype: torch.dtype):
     return cfg, ref, p
 
 
+def grid(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(batch sizes, class counts) of this run."""
+    if args.smoke:
+        return SMOKE_BATCHES, SMOKE_CLASS_COUNTS
+    if args.quick:
+        return QUICK_BATCHES, QUICK_CLASS_COUNTS
+    return BATCHES, CLASS_COUNTS
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     dtype = getattr(torch, args.dtype)
     elem = torch.finfo(dtype).bits // 8
     cfg, ref, p = build(args.width, device, dtype)
     heads, blend = cfg.num_heads, cfg.blend
-    ceiling = copy_bandwidth_gbps(device, (1 << 30) if device == "cuda" else (256 << 20))
+    copy_bytes = (16 << 20) if args.smoke else (1 << 30) if device == "cuda" else (256 << 20)
+    ceiling = copy_bandwidth_gbps(device, copy_bytes)
     print(f"device {device} ({torch.cuda.get_device_name(0) if device == 'cuda' else 'CPU'}), {args.dtype}, "
           f"C={args.width}, copy ceiling {ceiling:.0f} GB/s", flush=True)
     timer = (lambda fn: time_cuda(fn, warmup=5, repeats=args.repeats)) if device == "cuda" else (
@@ -125,7 +131,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         heads_fns["triton"] = triton_adapter_head
     rows = []
     started = time.monotonic()
-    batches, counts = (QUICK_BATCHES, QUICK_CLASS_COUNTS) if args.quick else (BATCHES, CLASS_COUNTS)
+    batches, counts = grid(args)
     for n in counts:
         text = F.normalize(torch.randn(n, args.width, device=device), dim=-1).to(dtype)
         with torch.no_grad():
@@ -191,8 +197,10 @@ def default_out(device: str, dtype: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"small grid: batch {QUICK_BATCHES}, N {QUICK_CLASS_COUNTS}")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help=f"small grid: batch {QUICK_BATCHES}, N {QUICK_CLASS_COUNTS}")
+    size.add_argument("--smoke", action="store_true",
+                      help=f"seconds-long run that checks the script (batch {SMOKE_BATCHES}, N {SMOKE_CLASS_COUNTS})")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--width", type=int, default=512, help="CLIP embedding width C")
     parser.add_argument("--providers", default=",".join(PROVIDERS), type=lambda s: tuple(s.split(",")))
@@ -220,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"plot: {plot_kernel(out)}")
         except ImportError as exc:
-            print(f"no plot ({exc}); draw it later with benchmarks/plot_kernel.py {out}")
+            print(f"no plot ({exc}); draw it later with python -m benchmarks.plot_kernel {out}")
     return 0
 
 

@@ -95,7 +95,9 @@ def time_cuda(fn: Callable[[], Any], warmup: int = 5, repeats: int = 50) -> dict
 
 
 def summarize(times_ms: list[float]) -> dict[str, float]:
-    qs = statistics.quantiles(times_ms, n=5) if len(times_ms) > 1 else [times_ms[0]] * 4
+    # "inclusive": quantiles within the measured range (the default extrapolates past it for few samples,
+    # down to negative times).
+    qs = statistics.quantiles(times_ms, n=5, method="inclusive") if len(times_ms) > 1 else [times_ms[0]] * 4
     return {"median_ms": statistics.median(times_ms), "p20_ms": qs[0], "p80_ms": qs[3]}
 
 

@@ -1,6 +1,6 @@
 """Plots of the adapter benchmarks, drawn from their CSVs (so a plot can be redrawn without rerunning).
 
-    python benchmarks/plot_adapter.py [benchmarks/results/adapter_cpu.csv]
+    python -m benchmarks.plot_adapter [benchmarks/results/adapter_cpu.csv]      (from the repository root)
 """
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import RESULTS_DIR, read_csv  # noqa: E402
+from benchmarks.common import RESULTS_DIR, read_csv
 
 
 def plot_adapter_cpu(csv_path: Path = RESULTS_DIR / "adapter_cpu.csv", png_path: Path | None = None) -> Path:

@@ -1,6 +1,6 @@
 """Plot of the kernel benchmark, drawn from its CSV (so a plot can be redrawn without rerunning).
 
-    python benchmarks/plot_kernel.py [benchmarks/results/kernel_cpu.csv]
+    python -m benchmarks.plot_kernel [benchmarks/results/kernel_cpu.csv]      (from the repository root)
 
 One panel per batch size: median time against N, one line per provider (log-log), p20-p80 as a
 band; a last panel gives each provider's achieved bandwidth as a fraction of the copy ceiling.
@@ -11,8 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import RESULTS_DIR, read_csv  # noqa: E402
+from benchmarks.common import RESULTS_DIR, read_csv
 
 PROVIDER_STYLE = {"reference": "--s", "torch-fast": "-o", "torch-compile": "-^", "sdpa": "-v", "triton": "-D"}
 
