@@ -171,6 +171,32 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def pyplot():
+    """``matplotlib.pyplot`` drawing to files only (the Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, png_path: Path, title: str, dpi: int = 120) -> Path:
+    """Give ``fig`` its title (machine, versions, commit), lay it out, write it to ``png_path`` and close it."""
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=dpi)
+    pyplot().close(fig)
+    return png_path
+
+
+def plot_from_command_line(plot: Callable[[Path], Path], default_csv: Path) -> None:
+    """``python -m benchmarks.plot_<name> [CSV]``: draw ``plot`` from the CSV given (or the default), print the PNG."""
+    import sys
+
+    print(plot(Path(sys.argv[1]) if len(sys.argv) > 1 else default_csv))
+
+
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     """A plain fixed-width table on stdout."""
 

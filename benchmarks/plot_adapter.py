@@ -5,19 +5,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, read_csv
+from benchmarks.common import RESULTS_DIR, plot_from_command_line, pyplot, read_csv, save_figure
 
 
 def plot_adapter_cpu(csv_path: Path = RESULTS_DIR / "adapter_cpu.csv", png_path: Path | None = None) -> Path:
     """Time and peak memory against N, one line per implementation and batch size, log-log."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = read_csv(csv_path)
     png_path = png_path or Path(csv_path).with_suffix(".png")
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
@@ -38,14 +33,10 @@ def plot_adapter_cpu(csv_path: Path = RESULTS_DIR / "adapter_cpu.csv", png_path:
         ax.grid(True, which="both", alpha=0.3)
     ax_t.legend(fontsize=7)
     env = rows[0]
-    fig.suptitle(f"Adapter head on CPU: fast path vs reference formulation "
-                 f"({env.get('cpu', '')}, {env.get('cpu_threads', '?')} threads, torch {env.get('torch', '')}, "
-                 f"commit {env.get('commit', '')})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
-    return png_path
+    return save_figure(fig, png_path, f"Adapter head on CPU: fast path vs reference formulation "
+                       f"({env.get('cpu', '')}, {env.get('cpu_threads', '?')} threads, torch {env.get('torch', '')}, "
+                       f"commit {env.get('commit', '')})")
 
 
 if __name__ == "__main__":
-    print(plot_adapter_cpu(Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS_DIR / "adapter_cpu.csv"))
+    plot_from_command_line(plot_adapter_cpu, RESULTS_DIR / "adapter_cpu.csv")

@@ -8,20 +8,15 @@ band; a last panel gives each provider's achieved bandwidth as a fraction of the
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, read_csv
+from benchmarks.common import RESULTS_DIR, plot_from_command_line, pyplot, read_csv, save_figure
 
 PROVIDER_STYLE = {"reference": "--s", "torch-fast": "-o", "torch-compile": "-^", "sdpa": "-v", "triton": "-D"}
 
 
 def plot_kernel(csv_path: Path = RESULTS_DIR / "kernel_cpu.csv", png_path: Path | None = None) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = [r for r in read_csv(csv_path) if r["status"] == "ok"]
     if not rows:
         raise ValueError(f"{csv_path} has no measured rows to plot")
@@ -57,13 +52,9 @@ def plot_kernel(csv_path: Path = RESULTS_DIR / "kernel_cpu.csv", png_path: Path 
     axes[0].legend(fontsize=7)
     env = rows[0]
     where = env["gpu"] if env["device"] == "cuda" else f"CPU only ({env['cpu']}, {env['cpu_threads']} threads)"
-    fig.suptitle(f"Adapter head providers, {env['dtype']}, C={env['embed_dim']} on {where}; torch {env['torch']}, "
-                 f"triton {env['triton']}, commit {env['commit']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
-    return png_path
+    return save_figure(fig, png_path, f"Adapter head providers, {env['dtype']}, C={env['embed_dim']} on {where}; "
+                       f"torch {env['torch']}, triton {env['triton']}, commit {env['commit']}", dpi=110)
 
 
 if __name__ == "__main__":
-    print(plot_kernel(Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS_DIR / "kernel_cpu.csv"))
+    plot_from_command_line(plot_kernel, RESULTS_DIR / "kernel_cpu.csv")
