@@ -257,23 +257,27 @@ class OpenVocabulary:
     def logits(self, clip_image_emb: np.ndarray, bank: Bank) -> np.ndarray:
         return head(self.run, clip_image_emb, bank)["logits"]
 
-    def classify(self, model: Any, images: Any, class_names: Sequence[str] | None, templates: Sequence[str] | None,
-                 batch_size: int = 32) -> Classification:
-        pixels = model_pixels(model, images)
-        folded = templates is None and (class_names is None or tuple(class_names) == tuple(model.class_names))
-        if folded:
-            logits = model.classify_pixels(pixels, batch_size)["logits"]
-            names = tuple(model.class_names)
-        else:
-            bank = self.bank(class_names if class_names is not None else model.class_names, templates)
-            out = model.classify_pixels(pixels, batch_size)
-            if CLIP_IMAGE_EMBEDDING not in out:
-                raise ExportError(f"{model.folder}: the image classifier has no {CLIP_IMAGE_EMBEDDING} output; export "
-                                  "the checkpoint again with this version of mmadapter for other label sets")
-            logits, names = self.logits(out[CLIP_IMAGE_EMBEDDING], bank), bank.class_names
-        if not np.isfinite(logits).all():
-            raise ExportError(f"{model.folder}: non-finite logits (the exported graphs produce NaN/inf)")
-        return Classification(names, logits)
+
+def classify(model: Any, images: Any, class_names: Sequence[str] | None, templates: Sequence[str] | None,
+             batch_size: int = 32) -> Classification:
+    """``ExportedModel.classify``: the folded classifier for the exported label set (no tokenizer
+    needed), else the open-vocabulary path."""
+    pixels = model_pixels(model, images)
+    folded = templates is None and (class_names is None or tuple(class_names) == tuple(model.class_names))
+    if folded:
+        logits = model.classify_pixels(pixels, batch_size)["logits"]
+        names = tuple(model.class_names)
+    else:
+        vocabulary = model.open_vocabulary
+        bank = vocabulary.bank(class_names if class_names is not None else model.class_names, templates)
+        out = model.classify_pixels(pixels, batch_size)
+        if CLIP_IMAGE_EMBEDDING not in out:
+            raise ExportError(f"{model.folder}: the image classifier has no {CLIP_IMAGE_EMBEDDING} output; export "
+                              "the checkpoint again with this version of mmadapter for other label sets")
+        logits, names = vocabulary.logits(out[CLIP_IMAGE_EMBEDDING], bank), bank.class_names
+    if not np.isfinite(logits).all():
+        raise ExportError(f"{model.folder}: non-finite logits (the exported graphs produce NaN/inf)")
+    return Classification(names, logits)
 
 
 def model_pixels(model: Any, images: Any) -> np.ndarray:
@@ -296,4 +300,4 @@ def model_pixels(model: Any, images: Any) -> np.ndarray:
 
 __all__ = ["CLIP_IMAGE_EMBEDDING", "Bank", "BankCache", "Classification", "OpenVocabulary", "build_bank",
            "cached_bank", "check_label_set", "class_embeddings", "default_cache_dir", "head", "label_set_hash",
-           "model_pixels"]
+           "classify", "model_pixels"]

@@ -239,7 +239,9 @@ class ExportedModel:
         images, or preprocessed pixels [B, 3, H, W]); a :class:`~mmadapter.export.open_vocab.Classification`.
         New class names (or templates) go through the tokenizer, text encoder, class bank (cached on
         disk) and adapter head; ``templates`` default to the checkpoint's."""
-        return self.open_vocabulary.classify(self, images, class_names, templates, batch_size)
+        from mmadapter.export.open_vocab import classify
+
+        return classify(self, images, class_names, templates, batch_size)
 
     def _check_classifier(self, session: Session) -> None:
         """The graph itself (not only the manifest) must give one logit per class name and take
