@@ -241,8 +241,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print("providers: " + "; ".join(f"{name}: {', '.join(got)}" for name, got in providers.items()),
                   file=sys.stderr)
 
+        # Only what was asked for: the runtime's other keywords keep their defaults.
+        extra: dict[str, Any] = {"class_names": classes} if classes is not None else {}
+        if args.verbose:
+            extra["on_providers"] = show_providers
         results = classify_images(args.onnx, images, args.top_k, precision=args.precision, strict=args.strict,
-                                  class_names=classes, on_providers=show_providers if args.verbose else None)
+                                  **extra)
     else:
         from mmadapter.predict import predict_images
 
