@@ -6,6 +6,8 @@ against which reference, the error found and the tolerance, so a failing run say
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 # Max abs difference of fp32 logits (CLIP's scale, ~100) from reference.py: two summation orders differ by
@@ -30,33 +32,39 @@ LOW_PRECISION_LOGIT_ATOL = 2e-2
 LOW_PRECISION_EMB_ATOL = 2e-3
 
 
-def max_abs_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+def _float64(x: Any) -> torch.Tensor:
+    """A torch tensor or numpy array (or number) as a float64 CPU tensor."""
+    return torch.as_tensor(x).detach().to("cpu", torch.float64)
+
+
+def max_abs_error(actual: Any, expected: Any) -> float:
     """Largest absolute elementwise difference, in float64 (nan where either side has a nan)."""
-    return (actual.double() - expected.double()).abs().max().item()
+    return (_float64(actual) - _float64(expected)).abs().max().item()
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float = 0.0, *, what: str) -> None:
-    """|actual - expected| <= atol + rtol * |expected| elementwise; ``what`` names the comparison and its
-    reference, e.g. "Triton logits vs reference.py". A nan anywhere fails."""
-    if actual.shape != expected.shape:
-        raise AssertionError(f"{what}: shape {list(actual.shape)} vs {list(expected.shape)}")
-    a, e = actual.double(), expected.double()
+def assert_close(actual: Any, expected: Any, atol: float, rtol: float = 0.0, *, what: str) -> None:
+    """|actual - expected| <= atol + rtol * |expected| elementwise, for torch tensors or numpy arrays; ``what``
+    names the comparison and its reference, e.g. "Triton logits vs reference.py". A nan anywhere fails."""
+    a, e = _float64(actual), _float64(expected)
+    if a.shape != e.shape:
+        raise AssertionError(f"{what}: shape {list(a.shape)} vs {list(e.shape)}")
     excess = (a - e).abs() - (atol + rtol * e.abs())
     worst = excess.max().item() if excess.numel() else float("-inf")
     if not worst <= 0:  # also catches nan
-        err = max_abs_error(actual, expected)
+        err = max_abs_error(a, e)
         bound = f"{atol:g}" + (f" + {rtol:g} x |expected|" if rtol else "")
         raise AssertionError(f"{what}: max abs error {err:.3g} > tolerance {bound}")
 
 
-def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Smallest cosine similarity between corresponding rows of ``a`` and ``b`` ([R, C] each)."""
-    a, b = a.double().reshape(a.shape[0], -1), b.double().reshape(b.shape[0], -1)
+def min_cosine(a: Any, b: Any) -> float:
+    """Smallest cosine similarity between corresponding rows of ``a`` and ``b`` ([R, C] each, torch or numpy)."""
+    a, b = _float64(a), _float64(b)
+    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
     cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-30)
     return cos.min().item()
 
 
-def assert_min_cosine(a: torch.Tensor, b: torch.Tensor, minimum: float, *, what: str) -> None:
+def assert_min_cosine(a: Any, b: Any, minimum: float, *, what: str) -> None:
     """Every row's cosine of ``a`` to ``b`` is at least ``minimum``; ``what`` names the reference."""
     cos = min_cosine(a, b)
     if not cos >= minimum:
