@@ -8,7 +8,9 @@ Files per graph (``<name>`` from the spec):
 - with fp16, ``<name>.fp16.onnx`` and ``<name>.fp16.ort.onnx`` likewise;
 - with int8, ``<name>.int8.ort.onnx`` for graphs whose spec names ``int8_scopes`` (the image
   classifier): the image tower's transformer-block weights in int8 (ONNX Runtime dynamic
-  quantization), for CPU serving only.
+  quantization), for CPU serving only;
+- with int8 and calibration images, ``<name>.int8.onnx``: the same blocks calibrated (static) int8 in
+  the standard Q/DQ form, for ONNX Runtime, OpenVINO and TensorRT's explicit int8 engines.
 """
 
 from __future__ import annotations
@@ -184,6 +186,45 @@ def quantize_int8(src: Path, dst: Path, scopes: tuple[str, ...]) -> int:
         # weights cannot saturate, cost nothing in speed, and the export runs the same everywhere.
         quantize_dynamic(model, dst, op_types_to_quantize=["MatMul"], nodes_to_quantize=chosen,
                          per_channel=True, reduce_range=True, weight_type=QuantType.QInt8)
+    return len(chosen)
+
+
+def quantize_static_int8(src: Path, dst: Path, scopes: tuple[str, ...], feeds: list[dict[str, Any]]) -> int:
+    """Calibrated (static) int8 of the weight MatMuls and Gemms under ``scopes``, in the standard Q/DQ
+    form (QuantizeLinear/DequantizeLinear pairs around fp32 ops): activation ranges fixed from ``feeds``
+    (real images, :mod:`mmadapter.export.calibration`), so nothing is measured per call. Returns how many
+    ops were quantized.
+
+    The Q/DQ form is what TensorRT builds explicit int8 engines from, hence its choices: int8 activations
+    and weights, both symmetric (zero point 0, TensorRT's only mode), per-channel weights. 7-bit weights
+    (reduce_range) as in :func:`quantize_int8`: ONNX Runtime on x86 without VNNI turns s8 activations into
+    u8 and sums u8 x s8 pairs in saturating int16; full-range weights overflow there (embedding cosine
+    0.988 to torch measured on an AMD EPYC without VNNI, far below the 0.999 rule).
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    if not feeds:
+        raise ExportError(f"static int8 of {src.name}: no calibration inputs")
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._feeds = iter(feeds)
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self._feeds, None)
+
+    model = onnx.load(str(src))
+    weights = {init.name for init in model.graph.initializer}
+    chosen = [n.name for n in model.graph.node
+              if n.op_type in ("MatMul", "Gemm") and len(n.input) >= 2 and n.input[1] in weights
+              and _in_scopes(n, scopes)]
+    if not chosen:
+        raise ExportError(f"static int8: no weight MatMul or Gemm under {list(scopes)} in {src.name}")
+    with _quiet():
+        quantize_static(str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul",
+                        "Gemm"], nodes_to_quantize=chosen, per_channel=True, reduce_range=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     return len(chosen)
 
 
