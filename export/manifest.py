@@ -29,7 +29,7 @@ FORMAT_NAME = "mmadapter-onnx-export"
 FORMAT_VERSION = 2  # 2: manifest_sha256 and the schema check; version 1 manifests carry no hash
 HASH_FIELD = "manifest_sha256"
 PRECISIONS = ("fp32", "fp16", "int8")
-FILE_KINDS = ("portable", "ort")
+FILE_KINDS = ("portable", "ort", "openvino")  # openvino: an IR .xml, its weights in the .bin of the same name
 TENSOR_DTYPES = ("float32", "float16", "int64", "int32")
 CLASSIFIER = "image_classifier"
 MAX_REPORTED = 6
@@ -40,7 +40,7 @@ def package_versions() -> dict[str, str]:
     """Versions of the packages that made (or must read) the files; "absent" where not installed."""
     out = {}
     for dist in ("mmadapter", "torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "open_clip_torch",
-                 "tensorrt", "tokenizers", "ftfy"):
+                 "tensorrt", "tokenizers", "ftfy", "openvino", "nncf"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -200,6 +200,8 @@ def _check_graph(c: _Checker, name: str, entry: Any, files: dict[str, Any]) -> N
                     c.fail(f"{at}.{kind}", f"{file!r} is not a plain file name")
                 elif file not in files:
                     c.fail(f"{at}.{kind}", f"{file} is not listed under files")
+                elif kind == "openvino" and (not file.endswith(".xml") or file[:-4] + ".bin" not in files):
+                    c.fail(f"{at}.{kind}", f"{file} is not an OpenVINO .xml with its .bin listed under files")
     fusions = c.get(entry, "ort_fusions", where, dict, required=False)
     if fusions is not None and not all(isinstance(v, int) and not isinstance(v, bool) for v in fusions.values()):
         c.fail(f"{where}.ort_fusions", "counts must be integers")

@@ -314,6 +314,8 @@ def export_checkpoint(
     *,
     fp16: bool = False,
     int8: bool = False,
+    openvino: bool = False,
+    calibration: str | Path | None = None,
     opset: int = onnx_io.DEFAULT_OPSET,
     validate: bool = True,
     overwrite: bool = False,
@@ -332,6 +334,9 @@ def export_checkpoint(
     checkpoint = Path(checkpoint)
     dests = check_destinations(checkpoint, out_dir, serving_repo, overwrite)
     inputs = _inputs(checkpoint)
+    from mmadapter.export.calibration import calibration_folder_for
+
+    calibration = calibration_folder_for(int8=int8, openvino=openvino, calibration=calibration, checkpoint=checkpoint)
     precisions = ["fp32"] + ["fp16"] * fp16 + ["int8"] * int8
     steps = 2 + 4 * len(precisions) + int(validate) + int(tensorrt) + int(serving_repo is not None) + 1
     # disable=None: no bar when stderr is not a terminal (logs, pipes), so errors stay one line there.
@@ -343,8 +348,8 @@ def export_checkpoint(
             try:
                 manifest, reports, tensorrt_error = _export(
                     checkpoint, temps[0], temps[1] if serving_repo is not None else None, bar, fp16=fp16,
-                    int8=int8, opset=opset, validate=validate, tensorrt=tensorrt, profile=profile,
-                    max_classes=max_classes, providers=providers)
+                    int8=int8, openvino=openvino, calibration=calibration, opset=opset, validate=validate,
+                    tensorrt=tensorrt, profile=profile, max_classes=max_classes, providers=providers)
             except OSError as exc:
                 raise _write_error(dests[0], exc) from None
             bar.set_postfix_str("move into place")
@@ -357,7 +362,8 @@ def export_checkpoint(
                         tensorrt_error)
 
 
-def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp16: bool, int8: bool, opset: int,
+def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp16: bool, int8: bool,
+            openvino: bool, calibration: Path | None, opset: int,
             validate: bool, tensorrt: bool, profile: BatchProfile, max_classes: int,
             providers: Sequence[str] | None) -> tuple[dict[str, Any], list[dict[str, Any]], str | None]:
     """Every file of the export into ``tmp`` (and the repository into ``repo_tmp``)."""
@@ -388,6 +394,12 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
     tokenizer_fields = write_tokenizer(tmp, clip.tokenizer)  # serving tokenizes new label sets without torch
     specs = build_specs(clip.model, adapter, bank, meta.logit_scale, clip.image_size, context_length)
     bar.update()
+    from mmadapter.export.calibration import load_calibration, write_calibrated_graphs
+    from mmadapter.export.preprocess import Preprocessing
+
+    if calibration is not None:
+        step("calibration images")
+        calibration = load_calibration(calibration, Preprocessing(clip.image_size, clip.image_mean, clip.image_std))
     graphs: dict[str, Any] = {}
     fusions: dict[str, dict[str, int]] = {}
     for spec in specs:
@@ -407,6 +419,7 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
             files["int8"] = {"ort": f"{spec.name}.int8.ort.onnx"}
             int8_matmuls = onnx_io.quantize_int8(tmp / files["fp32"]["ort"], tmp / files["int8"]["ort"],
                                                  spec.int8_scopes)
+        calibrated = write_calibrated_graphs(tmp, spec, files, calibration, openvino)
         graphs[spec.name] = {
             "description": spec.description,
             "batchable": spec.batchable,
@@ -415,6 +428,7 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
             "files": files,
             "ort_fusions": fusions[spec.name],
             **({"int8_matmuls": int8_matmuls} if int8_matmuls else {}),
+            **calibrated,
         }
         bar.update(1 + int(fp16) + int(int8))
 
@@ -422,7 +436,7 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
     if validate:
         step("validate")
         reports = _validate_all(specs, graphs, tmp, clip, adapter, bank, meta, providers, build_cases,
-                                validate_graph)
+                                validate_graph, calibration)
         open_reports = _validate_open_vocabulary(graphs, tmp, tokenizer_fields, clip, adapter, meta, providers)
         failures = [f for r in reports + open_reports for f in r["failures"]]
         if failures:
@@ -430,6 +444,8 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
         bar.update()
 
     manifest = _manifest(tmp, checkpoint, meta, clip, graphs, opset, reports, validate, context_length)
+    if calibration is not None:
+        manifest["calibration"] = calibration.to_dict()
     manifest["tokenizer"] = {"model_name": meta.clip.model_name, **tokenizer_fields}
     if validate:
         manifest["validation"]["open_vocabulary"] = open_reports
@@ -455,18 +471,28 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
     return manifest, reports, tensorrt_error
 
 
-def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, build_cases, validate_graph):
+def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, build_cases, validate_graph,
+                  calibration=None):
     import onnxruntime as ort
+    from mmadapter.export.calibration import holdout_case, session_factory, validate_static
     from mmadapter.export.runtime import resolve_providers, session_options
 
     chosen = resolve_providers(providers)
     cases = build_cases(clip, adapter, bank, meta.logit_scale, meta.label_set.templates)
+    # int8 graphs are also held to torch on real images that did not calibrate them.
+    held_out = [holdout_case(clip, adapter, bank, meta.logit_scale, calibration.holdout)] if calibration else []
     reports = []
     for spec in specs:
         for precision, files in graphs[spec.name]["files"].items():
             for kind, name in files.items():
-                report = validate_graph(folder / name, spec, cases[spec.name], precision,
-                                        lambda p: ort.InferenceSession(str(p), session_options(), providers=chosen))
+                factory = session_factory(kind, lambda p: ort.InferenceSession(str(p), session_options(),
+                                                                               providers=chosen))
+                if precision == "int8" and kind != "ort" and held_out:  # calibrated: see validate_static
+                    report = validate_static(validate_graph, folder / name, spec, cases[spec.name], held_out[0],
+                                             factory)
+                else:
+                    extra = held_out if precision == "int8" and spec.int8_scopes else []
+                    report = validate_graph(folder / name, spec, cases[spec.name] + extra, precision, factory)
                 # TensorRT's ONNX parser knows the standard domain only: contrib ops there are a failure.
                 if kind == "portable":
                     foreign = sorted({f"{d}.{op}" for d, op in onnx_io.op_types(folder / name) if d != "ai.onnx"})
