@@ -182,3 +182,15 @@ def make_session(xml_path: Path, device: str | None = None, intra_op_threads: in
                 raise DataError(f"OpenVINO cannot run {self.path.name}: {first_line(exc)}") from None
 
     return OpenVinoSession()
+
+
+def verified_ir(folder: Path, manifest: dict[str, Any], files: dict[str, str], graph: str, precision: str) -> Path:
+    """The checked IR file (its ``.bin`` checked too) of a graph at a precision, from the manifest."""
+    from mmadapter.export.manifest import verified_file
+
+    name = files.get("openvino")
+    if name is None:
+        raise ExportError(f"{folder} has no OpenVINO {precision} {graph} (export with --openvino"
+                          f"{' --int8' if precision == 'int8' else ''})")
+    verified_file(folder, manifest, bin_name(name))
+    return verified_file(folder, manifest, name)

@@ -25,6 +25,7 @@ from mmadapter.files import first_line
 _NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
                  "tensor(int32)": np.int32, "tensor(double)": np.float64}
 
+ENGINES = ("onnxruntime", "openvino")
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _SHORT = {"tensorrt": PROVIDER_ORDER[0], "trt": PROVIDER_ORDER[0], "cuda": PROVIDER_ORDER[1], "cpu": PROVIDER_ORDER[2]}
 _GPU = set(PROVIDER_ORDER[:2])
@@ -177,8 +178,12 @@ class ExportedModel:
     """An export folder: manifest, label set, preprocessing, and sessions over its graphs."""
 
     def __init__(self, folder: str | Path, providers: Sequence[str] | None = None, precision: str = "fp32",
-                 intra_op_threads: int | None = None, bank_cache: str | Path | bool | None = True):
+                 intra_op_threads: int | None = None, bank_cache: str | Path | bool | None = True,
+                 engine: str = "onnxruntime", device: str | None = None):
         self.folder = Path(folder)
+        if engine not in ENGINES:
+            raise ExportError(f"unknown engine {engine!r}; choose {' or '.join(ENGINES)}")
+        self.engine, self.device = engine, device  # device: OpenVINO's (CPU, GPU, NPU, ...), passed through
         # True: the default folder (open_vocab.default_cache_dir); a path; None/False: no class bank cache.
         self.bank_cache = bank_cache
         self.manifest = read_manifest(self.folder)
@@ -200,6 +205,10 @@ class ExportedModel:
         if files is None:
             raise ExportError(f"{self.folder} has no {precision} {graph} (export with --{precision} for "
                               f"{precision} graphs; int8 exists for the image classifier only)")
+        if self.engine == "openvino":
+            from mmadapter.export.openvino import verified_ir
+
+            return verified_ir(self.folder, self.manifest, files, graph, precision)
         # TensorRT's parser takes standard ONNX ops only; other providers get the fused graph.
         kind = "portable" if provider == PROVIDER_ORDER[0] else "ort"
         if kind not in files:
@@ -213,7 +222,12 @@ class ExportedModel:
             first = resolve_providers(self.providers)[0]
             path = self.graph_file(graph, first, key[1])
             batch_inputs = self.manifest["graphs"][graph]["batch_inputs"]
-            session = Session(path, self.providers, self.intra_op_threads, batch_inputs)
+            if self.engine == "openvino":
+                from mmadapter.export.openvino import make_session
+
+                session = make_session(path, self.device, self.intra_op_threads, batch_inputs)
+            else:
+                session = Session(path, self.providers, self.intra_op_threads, batch_inputs)
             if graph == "image_classifier":
                 self._check_classifier(session)
             self._sessions[key] = session
@@ -276,6 +290,7 @@ def classify_images(
     onnx_dir: Path, image_paths: list[Path], top_k: int = 5, *, providers: Sequence[str] | None = None,
     batch_size: int = 32, precision: str = "fp32", strict: bool = False, class_names: Sequence[str] | None = None,
     templates: Sequence[str] | None = None, on_providers: Callable[[dict[str, list[str]]], None] | None = None,
+    engine: str = "onnxruntime", device: str | None = None,
 ) -> list[Any]:
     """Top-k (class name, probability) per image, probabilities from the softmax of the logits
     over the exported label set (or ``class_names``: open vocabulary), in input order.
@@ -289,7 +304,7 @@ def classify_images(
         raise DataError(f"top_k must be at least 1, got {top_k}")
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1, got {batch_size}")
-    model = ExportedModel(onnx_dir, providers, precision)
+    model = ExportedModel(onnx_dir, providers, precision, engine=engine, device=device)
     if class_names is not None or templates is not None:  # the label set's problems before any image is read
         model.open_vocabulary.bank(class_names if class_names is not None else model.class_names, templates)
     short_side = max(model.preprocessing.image_size)
