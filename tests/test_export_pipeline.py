@@ -54,7 +54,6 @@ def test_export_writes_every_graph_and_manifest(exported: ExportBundle) -> None:
     assert set(exported.result.files) == expected
     # The export ran in a temporary folder beside the destination; nothing of it is left.
     assert not [p for p in exported.out_dir.parent.iterdir() if ".partial" in p.name or ".old" in p.name]
-    assert exported.seconds < 120, f"export took {exported.seconds:.0f} s"
 
 
 def test_manifest_hashes_io_versions_and_label_set(exported: ExportBundle) -> None:
