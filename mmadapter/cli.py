@@ -201,6 +201,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.onnx is not None:  # an export's graphs on a labelled folder: no torch, no CLIP
+        from mmadapter.export.accuracy import check, evaluate_export, format_table
+
+        result = evaluate_export(args.onnx, args.data)
+        print(format_table(result))
+        check(result)
+        return EXIT_OK
+    if args.out is None:
+        raise UsageError("evaluate needs --out FOLDER for the report (or --onnx DIR to evaluate an export)")
     from mmadapter.evaluate import write_report
     from mmadapter.experiment import evaluate_base_to_novel, open_dataset
     from mmadapter.features import ClipProvider
@@ -245,6 +254,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         extra: dict[str, Any] = {"class_names": classes} if classes is not None else {}
         if args.verbose:
             extra["on_providers"] = show_providers
+        if args.engine != "onnxruntime":
+            extra.update(engine=args.engine, device=args.openvino_device)
         results = classify_images(args.onnx, images, args.top_k, precision=args.precision, strict=args.strict,
                                   **extra)
     else:
@@ -324,7 +335,12 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (must be empty unless --overwrite)")
     p.add_argument("--fp16", action="store_true", help="also write fp16 graphs (fp32 LayerNorm/softmax, fp32 I/O)")
     p.add_argument("--int8", action="store_true", help="also write an int8 image classifier for ONNX Runtime on CPU "
-                   "(dynamic quantization of the image tower's transformer blocks; validated, see README)")
+                   "(dynamic quantization of the image tower's transformer blocks; validated, see README); with "
+                   "calibration images also a calibrated Q/DQ int8 graph")
+    p.add_argument("--openvino", action="store_true", help="also write OpenVINO IR files (with --int8: the "
+                   "calibrated int8 image classifier; needs mmadapter[openvino])")
+    p.add_argument("--calibration", type=Path, default=None, help="folder of real images to calibrate int8 with "
+                   "(default: the checkpoint's training images when reachable)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help=f"ONNX opset, {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})")
     p.add_argument("--no-validate", dest="validate", action="store_false", help="skip validation against torch")
@@ -354,7 +370,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     _existing_file(args.checkpoint, "--checkpoint")
     check_destinations(args.checkpoint, args.out, args.serving_repo, args.overwrite)
     result = export_checkpoint(
-        args.checkpoint, args.out, fp16=args.fp16, int8=args.int8, opset=args.opset, validate=args.validate,
+        args.checkpoint, args.out, fp16=args.fp16, int8=args.int8, openvino=args.openvino,
+        calibration=args.calibration, opset=args.opset, validate=args.validate,
         overwrite=args.overwrite, tensorrt=args.tensorrt, profile=profile, max_classes=args.max_classes,
         serving_repo=args.serving_repo, providers=args.providers, progress=not args.quiet,
     )
@@ -391,7 +408,9 @@ def build_parser() -> ArgumentParser:
     p = sub.add_parser("evaluate", help="base-to-novel report: zero-shot CLIP, CLIP-Adapter, Multi-Modal Adapter")
     _add_data_args(p)
     _add_clip_args(p)
-    p.add_argument("--out", type=Path, required=True, help="folder for report.json, report.md, report.png")
+    p.add_argument("--out", type=Path, help="folder for report.json, report.md, report.png")
+    p.add_argument("--onnx", type=Path, help="instead: top-1 of an export's fp32 and int8 graphs on --data (one "
+                   "sub-folder per class) and their agreement with fp32")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="top-k classes for image files or folders")
@@ -403,6 +422,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or cuda:N (--checkpoint only)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                    help="which exported graphs --onnx serves (fp16/int8 need export --fp16/--int8)")
+    p.add_argument("--engine", choices=("onnxruntime", "openvino"), default="onnxruntime",
+                   help="what runs --onnx's graphs (openvino needs export --openvino and mmadapter[openvino])")
+    p.add_argument("--openvino-device", default="CPU", help="OpenVINO device: CPU, GPU, NPU, AUTO, GPU.1, ...")
     p.add_argument("--strict", action="store_true",
                    help="an unreadable, corrupt or oversized image is an error (default: skipped and counted)")
     p.add_argument("--verbose", action="store_true",
