@@ -555,5 +555,8 @@ def _build_engines(folder: Path, graphs: dict[str, Any], profile: BatchProfile, 
         build_engine(onnx_path, folder / name, entry["io"]["inputs"], profile,
                      (1, min(num_classes, max_classes), max_classes), precision, folder / "timing.cache")
         engines[graph] = {"file": name, "sidecar": Path(name).with_suffix(".json").name, "precision": precision}
+    from mmadapter.export.tensorrt import build_int8_engines
+
+    engines.update(build_int8_engines(folder, graphs, profile, gpu.name, trt.__version__))  # untested: no GPU
     return {"version": trt.__version__, "gpu": gpu.name, "compute_capability": gpu.compute_capability,
             "profile": vars(profile), "engines": engines}

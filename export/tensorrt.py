@@ -216,3 +216,29 @@ class TrtEngine:
             raise ExportError("TensorRT execution failed")
         stream.synchronize()
         return {k: v.float().cpu().numpy() for k, v in outs.items()}
+
+
+def build_int8_engines(folder: Path, graphs: dict[str, Any], profile: BatchProfile, gpu_name: str,
+                       trt_version: str) -> dict[str, Any]:
+    """Explicit-quantization int8 engines from the calibrated Q/DQ graphs (``files.int8.portable``, written
+    with calibration images). **Untested here** (no TensorRT or GPU on the project's machines).
+
+    TensorRT 10/11 read the QuantizeLinear/DequantizeLinear pairs as the network's int8 precision: a
+    strongly typed network (what :func:`build_engine` creates) takes its precisions from the graph, so no
+    INT8 builder flag and no calibrator (TensorRT's implicit-quantization calibrators are deprecated since
+    10.1). The Q/DQ graph is symmetric int8 with zero points 0, TensorRT's only mode; its weights are 7-bit
+    (chosen for CPUs without VNNI), which costs TensorRT a little resolution and nothing else."""
+    from mmadapter.export.manifest import sha256_file
+
+    engines = {}
+    for graph, entry in graphs.items():
+        qdq = entry["files"].get("int8", {}).get("portable")
+        if qdq is None:
+            continue
+        name = engine_filename(f"{graph}.int8", sha256_file(folder / qdq), trt_version, gpu_name, profile)
+        n = entry["io"]["outputs"][0]["shape"][-1]
+        classes = (n, n, n) if isinstance(n, int) else (1, 1, 1)
+        build_engine(folder / qdq, folder / name, entry["io"]["inputs"], profile, classes, "int8",
+                     folder / "timing.cache")
+        engines[f"{graph}.int8"] = {"file": name, "sidecar": sidecar_path(Path(name)).name, "precision": "int8"}
+    return engines
