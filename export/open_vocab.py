@@ -261,8 +261,17 @@ class OpenVocabulary:
 def classify(model: Any, images: Any, class_names: Sequence[str] | None, templates: Sequence[str] | None,
              batch_size: int = 32) -> Classification:
     """``ExportedModel.classify``: the folded classifier for the exported label set (no tokenizer
-    needed), else the open-vocabulary path."""
-    pixels = model_pixels(model, images)
+    needed), else the open-vocabulary path. Non-finite logits are an ExportError."""
+    names, logits = scores(model, model_pixels(model, images), class_names, templates, batch_size)
+    if not np.isfinite(logits).all():
+        raise ExportError(f"{model.folder}: non-finite logits for image {int(np.argmin(np.isfinite(logits).all(-1)))} "
+                          "(the exported graphs produce NaN/inf)")
+    return Classification(names, logits)
+
+
+def scores(model: Any, pixels: np.ndarray, class_names: Sequence[str] | None, templates: Sequence[str] | None,
+           batch_size: int = 32) -> tuple[tuple[str, ...], np.ndarray]:
+    """(class names, logits [B, N]) for preprocessed pixels, unchecked (callers name the bad image)."""
     folded = templates is None and (class_names is None or tuple(class_names) == tuple(model.class_names))
     if folded:
         logits = model.classify_pixels(pixels, batch_size)["logits"]
@@ -275,9 +284,7 @@ def classify(model: Any, images: Any, class_names: Sequence[str] | None, templat
             raise ExportError(f"{model.folder}: the image classifier has no {CLIP_IMAGE_EMBEDDING} output; export "
                               "the checkpoint again with this version of mmadapter for other label sets")
         logits, names = vocabulary.logits(out[CLIP_IMAGE_EMBEDDING], bank), bank.class_names
-    if not np.isfinite(logits).all():
-        raise ExportError(f"{model.folder}: non-finite logits (the exported graphs produce NaN/inf)")
-    return Classification(names, logits)
+    return names, logits
 
 
 def model_pixels(model: Any, images: Any) -> np.ndarray:
@@ -300,4 +307,4 @@ def model_pixels(model: Any, images: Any) -> np.ndarray:
 
 __all__ = ["CLIP_IMAGE_EMBEDDING", "Bank", "BankCache", "Classification", "OpenVocabulary", "build_bank",
            "cached_bank", "check_label_set", "class_embeddings", "default_cache_dir", "head", "label_set_hash",
-           "classify", "model_pixels"]
+           "classify", "model_pixels", "scores"]

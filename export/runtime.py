@@ -297,6 +297,8 @@ def classify_images(
     ``on_providers`` receives the execution providers each session really got. An unreadable, corrupt or
     oversized image is an ``ImageSkip`` in its place (``strict``: a DataError naming it); if none can be
     read, a DataError naming the first. Non-finite logits are an ExportError, never printed as nan."""
+    from mmadapter.export.open_vocab import scores
+
     from mmadapter.images import ImageSkip, read_images
     from mmadapter.predictions import check_some_read, in_order, rank
 
@@ -316,8 +318,8 @@ def classify_images(
         ranked = []
         if good:
             pixels = preprocess_batch([img for _, img in good], model.preprocessing)
-            scored = model.classify(pixels, class_names, templates, batch_size)
-            ranked = rank(scored.logits, [p for p, _ in good], scored.class_names, top_k, ExportError)
+            names, logits = scores(model, pixels, class_names, templates, batch_size)
+            ranked = rank(logits, [p for p, _ in good], names, top_k, ExportError)
         results.extend(in_order(loaded, ranked))
     if on_providers is not None:
         on_providers(model.session_providers())

@@ -297,3 +297,20 @@ def test_predict_verbose_prints_the_providers_once(exported: ExportBundle, image
         assert f"{graph}: CPUExecutionProvider" in err[0]
     assert main(["predict", "--onnx", str(exported.out_dir), str(image_folder)]) == 0
     assert capsys.readouterr().err == ""  # without --verbose: nothing on stderr
+
+
+def test_non_finite_logits_are_an_error_on_both_paths(exported: ExportBundle, pixels: np.ndarray,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    original = ExportedModel.classify_pixels
+
+    def nan_row(self, px, batch_size=32):
+        out = original(self, px, batch_size)
+        for name in ("logits", CLIP_IMAGE_EMBEDDING):
+            out[name][1, 0] = np.nan
+        return out
+
+    monkeypatch.setattr(ExportedModel, "classify_pixels", nan_row)
+    for names in (None, NEW_CLASSES):
+        with pytest.raises(ExportError, match="non-finite logits for image 1") as info:
+            ExportedModel(exported.out_dir).classify(pixels, names)
+        assert "\n" not in str(info.value)
