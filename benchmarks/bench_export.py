@@ -10,7 +10,15 @@ Rows per batch size:
   ORT_ENABLE_ALL, sequential execution, intra-op threads = cores, one inter-op thread;
 - ``ort_int8``: ``export --int8``'s graph (the image tower's transformer-block MatMuls dynamically
   quantized to int8, the rest fp32), same session options; its cosine to torch is printed too;
+- ``ort_int8_static``: the calibrated Q/DQ graph (``image_classifier.int8.onnx``), ONNX Runtime;
+- ``ov_fp32``: OpenVINO IR of the portable graph; ``ov_int8``: the project's OpenVINO int8 (IR of the
+  calibrated Q/DQ graph); ``ov_nncf_default``, the anchor: plain OpenVINO + NNCF ``nncf.quantize`` with
+  default settings on the portable ONNX, same calibration inputs;
 - ``ort_cuda`` / ``ort_tensorrt`` where those providers exist (not on the CPU machine this ran on).
+Calibration inputs: 32 of validate.sample_images (seed 5); timing inputs: other sample images (seed
+100 + batch), preprocessed as served. Every row records the CPU flags that decide the int8 kernels
+(avx512_vnni, avx_vnni, amx), the clock and the int8 peak (:func:`int8_peak`), and each path's share of
+that peak (ViT-B-16 image tower: 17.5 GMAC per image).
 Backends are timed in interleaved rounds (one call of each per round) so that the slow drifts of a
 shared VM hit all of them alike; medians with p20/p80.
 
@@ -62,6 +70,38 @@ def build_model(num_classes: int):
     return clip, next(s for s in specs if s.name == "image_classifier")
 
 
+MACS_PER_IMAGE = 17.5e9  # ViT-B-16 at 224: 12 blocks x 197 tokens x (4 x 768^2 + 2 x 768 x 3072 + 2 x 197 x 768)
+
+
+def cpu_flags() -> dict[str, str]:
+    """Model, nominal clock (/proc/cpuinfo ``cpu MHz``, the TSC rate under KVM) and the int8-relevant flags."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    first = info.split("\n\n")[0]
+    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first.splitlines() if ":" in line)}
+    flags = set(fields.get("flags", "").split())
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_tile")
+    return {"cpu_model": f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')} model "
+                         f"{fields.get('model', '?')})",
+            "cpu_mhz": fields.get("cpu MHz", "?"), "int8_flags": " ".join(f for f in wanted if f in flags) or "none"}
+
+
+def int8_peak(flags: str, mhz: float, cores: int) -> tuple[float, str]:
+    """int8 MACs per second this CPU can issue, and how that was reached.
+
+    VNNI (avx512_vnni): vpdpbusd, 64 MACs per 512-bit instruction on 2 ports: 128 MACs/cycle/core.
+    AVX-512 without VNNI: vpmaddubsw (u8 x s8 pairs to s16) + vpmaddwd (to s32), two instructions per 64
+    MACs on the 2 ports: 64 MACs/cycle/core. AVX2 only (AMD Zen 2/3): the same pair on 256 bits; Zen 3 runs
+    vpmaddubsw and vpmaddwd on its two integer-multiply pipes (FP0, FP3), so 32 MACs per pair and one pair
+    per cycle: 32 MACs/cycle/core."""
+    if "avx512_vnni" in flags or "amx_int8" in flags:
+        per_cycle, how = 128, "VNNI vpdpbusd: 2 ports x 64 MACs"
+    elif "avx512f" in flags:
+        per_cycle, how = 64, "AVX-512 without VNNI: vpmaddubsw+vpmaddwd, 2 ports x 64 MACs / 2 instructions"
+    else:
+        per_cycle, how = 32, "AVX2 (no VNNI): vpmaddubsw+vpmaddwd on 2 multiply pipes, 32 MACs per cycle"
+    return per_cycle * mhz * 1e6 * cores, f"{how} x {cores} cores x {mhz:.0f} MHz (nominal, /proc/cpuinfo)"
+
+
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(np.float64), b.astype(np.float64)
     return float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min())
@@ -103,10 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import onnxruntime as ort
-    from mmadapter.export.onnx_io import export_graph, optimize_for_ort, quantize_int8
-    from mmadapter.export.validate import COSINE_MIN
+    from mmadapter.export.onnx_io import export_graph, optimize_for_ort, quantize_int8, quantize_static_int8
+    from mmadapter.export.preprocess import Preprocessing, preprocess_batch
+    from mmadapter.export.validate import COSINE_MIN, sample_images
 
     threads = len(os.sched_getaffinity(0))
+    cpu = cpu_flags()
+    peak, peak_from = int8_peak(cpu["int8_flags"], float(cpu["cpu_mhz"]) if cpu["cpu_mhz"] != "?" else 2000.0,
+                                threads)
     torch.set_num_threads(threads)
     clip, spec = build_model(args.classes)
     h, w = clip.image_size
@@ -120,29 +164,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ORT fusions: {fusions}", file=sys.stderr)
         int8 = Path(tmp) / "image_classifier.int8.ort.onnx"
         quantize_int8(fused, int8, spec.int8_scopes)
+        pre = Preprocessing(clip.image_size, clip.image_mean, clip.image_std)
+        calib = [{"pixels": p[None]} for p in preprocess_batch(sample_images(32, seed=5), pre)]
+        qdq = Path(tmp) / "image_classifier.int8.onnx"
+        quantize_static_int8(portable, qdq, spec.int8_scopes, calib)
         sessions = {
             "ort_default": ort_session(portable, False, ["CPUExecutionProvider"], threads),
             "ort_tuned": ort_session(fused, True, ["CPUExecutionProvider"], threads),
             "ort_int8": ort_session(int8, True, ["CPUExecutionProvider"], threads),
+            "ort_int8_static": ort_session(qdq, True, ["CPUExecutionProvider"], threads),
         }
+        try:
+            from mmadapter.export.openvino import CompiledGraph, convert_to_ir, quantize_nncf
+
+            ov_files = {"ov_fp32": convert_to_ir(portable, Path(tmp) / "ov32.xml"),
+                        "ov_int8": convert_to_ir(qdq, Path(tmp) / "ov8.xml"),
+                        "ov_nncf_default": quantize_nncf(portable, Path(tmp) / "nncf.xml", calib)}
+            sessions.update({k: CompiledGraph(v, "CPU", threads) for k, v in ov_files.items()})
+        except ImportError as exc:
+            print(f"OpenVINO rows skipped: {exc}", file=sys.stderr)
         if "CUDAExecutionProvider" in available:
             sessions["ort_cuda"] = ort_session(fused, True, ["CUDAExecutionProvider"], threads)
         if "TensorrtExecutionProvider" in available:
             sessions["ort_tensorrt"] = ort_session(portable, True, ["TensorrtExecutionProvider"], threads)
-        rng = np.random.default_rng(0)
         for batch in args.batches:
-            pixels = rng.standard_normal((batch, 3, h, w), dtype=np.float32)
+            pixels = preprocess_batch(sample_images(batch, seed=100 + batch), pre)
             tp = torch.from_numpy(pixels)
             repeats = max(3, args.repeats // max(1, batch // 4))
             with torch.inference_mode():
-                ref_logits, ref_emb = (t.numpy() for t in spec.module(tp))
+                ref_logits, ref_emb = (t.numpy() for t in spec.module(tp)[:2])
                 fns = {"torch_eager": lambda x=tp: spec.module(x)}
                 cosines = {"torch_eager": 1.0}
+                agreement = {"torch_eager": 1.0}
                 for name, sess in sessions.items():
                     logits, emb = sess.run(["logits", "image_embedding"], {"pixels": pixels})
                     cosines[name] = float(min_cosine(emb, ref_emb))
-                    # Timing a wrong graph is useless: check against torch first (int8 at its threshold).
-                    if name == "ort_int8":
+                    agreement[name] = float((logits.argmax(-1) == ref_logits.argmax(-1)).mean())
+                    # Timing a wrong graph is useless: check against torch first (int8 at its threshold;
+                    # the NNCF anchor is timed whatever its accuracy, which is recorded).
+                    if name == "ov_nncf_default":
+                        pass
+                    elif "int8" in name:
                         assert cosines[name] >= COSINE_MIN["int8"], f"{name}: cosine {cosines[name]:.6f}"
                     else:
                         assert np.abs(logits - ref_logits).max() < 1e-2, f"{name} disagrees with torch"
@@ -156,10 +218,13 @@ def main(argv: list[str] | None = None) -> int:
                     "images_per_s": round(batch / r["median_ms"] * 1e3, 2),
                     "speedup_vs_torch": round(base / r["median_ms"], 3),
                     "min_cosine_vs_torch": round(cosines[name], 7),
+                    "top1_agreement_vs_torch": round(agreement[name], 4),
+                    "share_of_int8_peak": round(batch * MACS_PER_IMAGE / (r["median_ms"] / 1e3) / peak, 4),
+                    **cpu, "int8_peak_macs_per_s": f"{peak:.4g}", "peak_from": peak_from,
                 })
     path = write_csv(rows, args.out or RESULTS_DIR / f"export_{device}.csv")
     print_table(rows, ["batch", "backend", "median_ms", "p20_ms", "p80_ms", "images_per_s", "speedup_vs_torch",
-                       "min_cosine_vs_torch"])
+                       "min_cosine_vs_torch", "top1_agreement_vs_torch", "share_of_int8_peak"])
     print(f"wrote {path}")
     return 0
 

@@ -40,7 +40,7 @@ def plot_export(csv_path: Path = RESULTS_DIR / "export_cpu.csv", png_path: Path 
     ax_l.set_yscale("log")
     ax_t.legend(fontsize=8)
     env = rows[0]
-    fig.suptitle(f"{env.get('model', '')}, {env.get('classes', '')} classes: torch eager vs ONNX Runtime "
+    fig.suptitle(f"{env.get('model', '')}, {env.get('classes', '')} classes: torch eager vs ONNX Runtime vs OpenVINO "
                  f"({env.get('cpu', '')}, {env.get('threads', '?')} threads, gpu {env.get('gpu', '')}, "
                  f"commit {env.get('commit', '')})", fontsize=9)
     fig.tight_layout()
