@@ -128,8 +128,13 @@ def plot(csv_path: Path) -> Path:
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     switch = [r for r in rows if r["benchmark"] == "switch"]
-    left.barh([r["stage"] for r in switch], [float(r["median_ms"]) / 1e3 for r in switch], color="tab:blue")
-    left.set_xlabel("seconds")
+    seconds = [float(r["median_ms"]) / 1e3 for r in switch]
+    left.barh([r["stage"] for r in switch], seconds, color="tab:blue")
+    for y, v in enumerate(seconds):
+        left.text(v, y, f" {v:.3g} s", va="center", fontsize=8)
+    left.set_xscale("log")  # stages span milliseconds (tokenize, bank, cache) to minutes (text encoder)
+    left.set_xlim(right=max(seconds) * 20)
+    left.set_xlabel("seconds (log scale)")
     left.set_title(f"switch to a {switch[0]['num_classes']}-class label set")
     classify = [r for r in rows if r["benchmark"] == "classify"]
     batches = sorted({int(r["batch"]) for r in classify})
