@@ -274,7 +274,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from mmadapter.demo import run_demo
 
-    run_demo(args.out, progress=_progress(args))
+    if args.web:  # onnxruntime-web's files first: a missing npm is one line before the demo's minute of work
+        from mmadapter.export.web import ort_web_files
+
+        ort_web_files(args.ort_web)
+    run_demo(args.out, progress=_progress(args), web=args.web, ort_web=args.ort_web)
     return EXIT_OK
 
 
@@ -356,6 +360,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--providers", nargs="+", default=list(DEFAULT_PROVIDERS),
                    help=f"ONNX Runtime providers for validation: tensorrt, cuda, cpu (default: "
                         f"{' '.join(DEFAULT_PROVIDERS)})")
+    p.add_argument("--web", type=Path, default=None, help="also write a static web page that classifies in the "
+                   "browser (onnxruntime-web, the smallest validated graphs) into this folder")
+    p.add_argument("--ort-web", type=Path, default=None, help="an unpacked onnxruntime-web npm package for --web "
+                   "(default: npm pack into the cache folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_export)
 
@@ -369,6 +377,11 @@ def cmd_export(args: argparse.Namespace) -> int:
                                      args.max_batch), max_classes=args.max_classes, providers=args.providers)
     _existing_file(args.checkpoint, "--checkpoint")
     check_destinations(args.checkpoint, args.out, args.serving_repo, args.overwrite)
+    if args.web is not None:
+        from mmadapter.export.web import check_web_destination, ort_web_files
+
+        check_web_destination(args.web, args.out)
+        ort_web_files(args.ort_web)
     result = export_checkpoint(
         args.checkpoint, args.out, fp16=args.fp16, int8=args.int8, openvino=args.openvino,
         calibration=args.calibration, opset=args.opset, validate=args.validate,
@@ -380,6 +393,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {len(result.files)} files to {result.out_dir} ({status})")
     if result.serving_repo:
         print(f"wrote a Triton model repository to {result.serving_repo}")
+    if args.web is not None:
+        from mmadapter.export.web import write_web
+
+        print(write_web(result.out_dir, args.web, args.ort_web).summary())
     if result.tensorrt_error:
         raise UsageError(f"--tensorrt: {result.tensorrt_error}; the ONNX files were written to {result.out_dir}")
     return EXIT_OK
@@ -438,6 +455,9 @@ def build_parser() -> ArgumentParser:
     p = sub.add_parser("demo", help="the whole path offline on a tiny random CLIP and the digits dataset")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--web", action="store_true", help="also write OUT/web, a static page that classifies the demo "
+                   "images in the browser (serve it with: python -m http.server -d OUT/web)")
+    p.add_argument("--ort-web", type=Path, default=None, help="an unpacked onnxruntime-web npm package for --web")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export", help="export a checkpoint to validated ONNX graphs (TensorRT engines, a Triton "
