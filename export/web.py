@@ -216,8 +216,8 @@ def page_config(manifest: dict[str, Any], graphs: dict[str, dict[str, Any]], has
 def _check_destination(out: Path, export_dir: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ExportError(f"--web {out} is a file; give a folder")
-    if out.resolve() == export_dir.resolve():
-        raise ExportError(f"--web {out} is the export folder itself; give another folder")
+    if out.resolve() == export_dir.resolve() or out.resolve().is_relative_to(export_dir.resolve()):
+        raise ExportError(f"--web {out} is inside the export folder {export_dir}; give a folder outside it")
     if out.is_dir() and any(out.iterdir()) and not (out / WEB_MARKER).is_file():
         raise ExportError(f"--web {out} holds files that no earlier web export wrote; give a new or empty folder")
 

@@ -50,14 +50,14 @@ class DemoResult:
 
 def export_and_serve(
     out_dir: Path, checkpoint: Path, images: list[Path], torch_predictions: Sequence[Prediction],
-    log: Callable[[str], None] = print, progress: bool = False,
+    log: Callable[[str], None] = print, progress: bool = False, fp16: bool = False,
 ) -> list[Prediction]:
     """The product's main job on the demo checkpoint: export (validated against torch) into
     ``out_dir/onnx``, then classify the demo images through ONNX Runtime, no torch in the loop."""
     from mmadapter.export.pipeline import export_checkpoint
     from mmadapter.export.runtime import classify_images
 
-    result = export_checkpoint(checkpoint, out_dir / "onnx", overwrite=True, progress=progress)
+    result = export_checkpoint(checkpoint, out_dir / "onnx", fp16=fp16, overwrite=True, progress=progress)
     cosines = [c for r in result.validation for c in r.get("min_cosine", {}).values()]
     batches = sorted({b for r in result.validation for b in r.get("batch_sizes", [])})
     log(f"\nexported to {result.out_dir}: {', '.join(result.files)}")
@@ -115,7 +115,7 @@ def claim_demo_folder(out_dir: Path) -> Path:
 
 def run_demo(
     out_dir: str | Path = "demo-output", progress: bool = False, seed: int = 1,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, web: bool = False, ort_web: str | Path | None = None,
 ) -> DemoResult:
     start = time.perf_counter()
     out_dir = claim_demo_folder(Path(out_dir))
@@ -154,7 +154,12 @@ def run_demo(
     log(f"\ntop-3 predictions for {out_dir / 'images'} (file names carry the true class):")
     log(format_predictions(predictions))
 
-    export_and_serve(out_dir, checkpoint, images, predictions, log, progress)
+    # The web page gets the fp16 graphs (the smallest validated ones for the tiny model).
+    export_and_serve(out_dir, checkpoint, images, predictions, log, progress, fp16=web)
+    if web:
+        from mmadapter.export.web import write_web
+
+        log(write_web(out_dir / "onnx", out_dir / "web", ort_web).summary())
     seconds = time.perf_counter() - start
     log(f"\ndone in {seconds:.1f} s; report: {', '.join(str(p) for p in report_files.values())}")
     log(RANDOM_WEIGHTS_NOTICE)
