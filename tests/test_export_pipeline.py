@@ -50,8 +50,8 @@ def _pixels(bundle: ExportBundle, count: int, seed: int) -> torch.Tensor:
 def test_export_writes_every_graph_and_manifest(exported: ExportBundle) -> None:
     expected = ALL_FILES
     on_disk = {p.name for p in exported.out_dir.iterdir()}
-    assert on_disk == expected | {"manifest.json"}
-    assert set(exported.result.files) == expected
+    assert on_disk == expected | {"manifest.json", "tokenizer.json"}
+    assert set(exported.result.files) == expected | {"tokenizer.json"}
     # The export ran in a temporary folder beside the destination; nothing of it is left.
     assert not [p for p in exported.out_dir.parent.iterdir() if ".partial" in p.name or ".old" in p.name]
 
@@ -187,7 +187,8 @@ def test_image_classifier_matches_torch(exported: ExportBundle, batch: int) -> N
     ref_logits, ref_emb = ref.logits.numpy(), ref.image_emb.numpy()
     for suffix in SUFFIXES:
         precision = "fp16" if "fp16" in suffix else "fp32"
-        logits, emb = _session(exported.out_dir / f"image_classifier{suffix}").run(None, {"pixels": pixels.numpy()})
+        logits, emb, _ = _session(exported.out_dir / f"image_classifier{suffix}").run(None,
+                                                                                      {"pixels": pixels.numpy()})
         assert logits.shape == (batch, N) and emb.shape == (batch, exported.clip.embed_dim)
         assert logits.dtype == np.float32 and emb.dtype == np.float32
         cos = _cosines(emb, ref_emb).min()
@@ -279,7 +280,8 @@ def test_no_quadratic_class_attention(exported: ExportBundle) -> None:
 def test_dynamic_axes_are_named(exported: ExportBundle) -> None:
     expected = {
         "image_classifier": ({"pixels": ["batch", 3, 64, 64]},
-                             {"logits": ["batch", N], "image_embedding": ["batch", 512]}),
+                             {"logits": ["batch", N], "image_embedding": ["batch", 512],
+                              "clip_image_embedding": ["batch", 512]}),
         "text_encoder": ({"input_ids": ["text_batch", 77]}, {"text_embedding": ["text_batch", 512]}),
         "class_bank": ({"class_embedding": ["num_classes", 512]},
                        {"text_emb": ["num_classes", 512], "keys": ["num_classes", 128],
