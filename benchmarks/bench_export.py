@@ -149,6 +149,14 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = len(os.sched_getaffinity(0))
     cpu = cpu_flags()
+    from importlib import metadata
+
+    versions = {}
+    for dist in ("openvino", "nncf"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "absent"
     peak, peak_from = int8_peak(cpu["int8_flags"], float(cpu["cpu_mhz"]) if cpu["cpu_mhz"] != "?" else 2000.0,
                                 threads)
     torch.set_num_threads(threads)
@@ -220,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                     "min_cosine_vs_torch": round(cosines[name], 7),
                     "top1_agreement_vs_torch": round(agreement[name], 4),
                     "share_of_int8_peak": round(batch * MACS_PER_IMAGE / (r["median_ms"] / 1e3) / peak, 4),
-                    **cpu, "int8_peak_macs_per_s": f"{peak:.4g}", "peak_from": peak_from,
+                    **cpu, "int8_peak_macs_per_s": f"{peak:.4g}", "peak_from": peak_from, **versions,
                 })
     path = write_csv(rows, args.out or RESULTS_DIR / f"export_{device}.csv")
     print_table(rows, ["batch", "backend", "median_ms", "p20_ms", "p80_ms", "images_per_s", "speedup_vs_torch",
