@@ -193,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     path, result, test_acc = train_checkpoint(
         dataset, ClipProvider(spec, args.device), args.out, config,
         base_only=args.base_only, cache_dir=args.cache_dir, progress=_progress(args), overwrite=args.overwrite,
-        split=args.split,
+        split=args.split, data_root=args.data,
     )
     print(f"trained {len(result.history)} epochs (best {result.best_epoch}, val {result.best_val_acc:.2f}%), "
           f"test accuracy {test_acc:.2f}%; checkpoint {path}")

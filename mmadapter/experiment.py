@@ -89,7 +89,7 @@ def checkpoint_meta(
 def train_checkpoint(
     dataset: ImageDataset, provider: ClipProvider, out_path: str | Path, train_config: TrainConfig | None = None,
     base_only: bool = False, cache_dir: str | Path | None = None, progress: bool = True, overwrite: bool = False,
-    split: str = "coop",
+    split: str = "coop", data_root: str | Path | None = None,
 ) -> tuple[Path, TrainResult, float]:
     """Train the Multi-Modal Adapter on ``shots`` images per class (all classes, or the base half
     with ``base_only``) and save it as a checkpoint. Returns the path, the training result and the
@@ -114,6 +114,8 @@ def train_checkpoint(
                            metrics, dataset.name)
     if base_only:
         meta.training["split"] = split
+    if data_root is not None:  # where calibration for int8 exports finds the training images by default
+        meta.training["data_root"] = str(Path(data_root).resolve())
     return save_checkpoint(out_path, result.head, meta, overwrite=overwrite), result, test_acc
 
 
