@@ -51,8 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import RESULTS_DIR, print_table, summarize, write_csv  # noqa: E402
+from benchmarks.common import RESULTS_DIR, print_table, summarize, write_csv
 
 
 def build_model(num_classes: int):

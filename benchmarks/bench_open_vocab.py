@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import RESULTS_DIR, print_table, pyplot, read_csv, save_figure, summarize, write_csv  # noqa: E402
+from benchmarks.common import RESULTS_DIR, print_table, pyplot, read_csv, save_figure, summarize, write_csv
 
 NUM_CLASSES = 1000
 TEMPLATE = "a photo of a {}."

@@ -1,6 +1,6 @@
 """Plot of the export benchmark, drawn from its CSV: latency and throughput per backend and batch.
 
-    python benchmarks/plot_export.py [benchmarks/results/export_cpu.csv]
+    python -m benchmarks.plot_export [benchmarks/results/export_cpu.csv]
 """
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import RESULTS_DIR, read_csv  # noqa: E402
+from benchmarks.common import RESULTS_DIR, read_csv
 
 
 def plot_export(csv_path: Path = RESULTS_DIR / "export_cpu.csv", png_path: Path | None = None) -> Path:
