@@ -55,11 +55,10 @@ from benchmarks.common import RESULTS_DIR, print_table, summarize, write_csv
 
 
 def build_model(num_classes: int):
-    from mmadapter.export.specs import build_specs
-
     from mmadapter.adapter import MultiModalAdapter
     from mmadapter.backbone import load_clip
     from mmadapter.config import AdapterConfig, ClipSpec
+    from mmadapter.export.specs import build_specs
 
     torch.manual_seed(0)
     clip = load_clip(ClipSpec("ViT-B-16"))  # pretrained=None: random weights, nothing downloaded
@@ -142,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import onnxruntime as ort
+
     from mmadapter.export.onnx_io import export_graph, optimize_for_ort, quantize_int8, quantize_static_int8
     from mmadapter.export.preprocess import Preprocessing, preprocess_batch
     from mmadapter.export.validate import COSINE_MIN, sample_images

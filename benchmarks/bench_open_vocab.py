@@ -39,12 +39,12 @@ def class_names(prefix: str, n: int) -> list[str]:
 
 def make_export(folder: Path, model_name: str) -> Path:
     import torch
-    from mmadapter.export.pipeline import export_checkpoint
 
     from mmadapter.adapter import MultiModalAdapter
     from mmadapter.backbone import load_clip, save_clip_weights
     from mmadapter.checkpoint import CheckpointMeta, LabelSet, save_checkpoint
     from mmadapter.config import AdapterConfig, ClipSpec
+    from mmadapter.export.pipeline import export_checkpoint
 
     torch.manual_seed(0)
     spec = save_clip_weights(load_clip(ClipSpec(model_name)), folder / "clip.safetensors")

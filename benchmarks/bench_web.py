@@ -31,12 +31,12 @@ CLASSES = tuple(f"class {i}" for i in range(10))
 
 def make_export(folder: Path, model_name: str) -> Path:
     import torch
-    from mmadapter.export.pipeline import export_checkpoint
 
     from mmadapter.adapter import MultiModalAdapter
     from mmadapter.backbone import load_clip, save_clip_weights
     from mmadapter.checkpoint import CheckpointMeta, LabelSet, save_checkpoint
     from mmadapter.config import AdapterConfig, ClipSpec
+    from mmadapter.export.pipeline import export_checkpoint
 
     torch.manual_seed(0)
     spec = save_clip_weights(load_clip(ClipSpec(model_name)), folder / "clip.safetensors")
@@ -62,6 +62,7 @@ def write_images(folder: Path, n: int) -> list[Path]:
 
 def browser_times(site: Path, images: list[Path], repeats: int, warmup: int) -> tuple[dict[str, Any], list[float]]:
     import playwright.sync_api as pw
+
     from mmadapter.export import web
 
     with web.serve_folder(site) as url, pw.sync_playwright() as p, tempfile.TemporaryDirectory() as profile:

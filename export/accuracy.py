@@ -75,7 +75,6 @@ def evaluate_export(onnx_dir: str | Path, data_dir: str | Path, batch_size: int 
     when an int8 variant agrees with fp32 on fewer than :data:`AGREEMENT_MIN` of the decisive inputs."""
     from mmadapter.export.preprocess import preprocess_batch
     from mmadapter.export.runtime import ExportedModel
-
     from mmadapter.images import ImageSkip, read_images
 
     model = ExportedModel(onnx_dir, ["cpu"])

@@ -157,6 +157,7 @@ def holdout_case(clip: Any, adapter: Any, bank: Any, logit_scale: float, pixels:
     """A validation case of the image classifier on the held-out calibration images, with the torch
     model's outputs as expected values."""
     import torch
+
     from mmadapter.export.open_vocab import CLIP_IMAGE_EMBEDDING
     from mmadapter.export.validate import Case
 

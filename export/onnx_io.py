@@ -27,10 +27,10 @@ from typing import Any
 
 import onnx
 import torch
-from mmadapter.export.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
-from mmadapter.export.specs import EXPORT_BATCH, GraphSpec
 
 from mmadapter.errors import ExportError
+from mmadapter.export.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
+from mmadapter.export.specs import EXPORT_BATCH, GraphSpec
 
 # The range is defined in defaults.py (the CLI reads it without torch). Checked on torch 2.14 / onnx
 # 1.23 / onnxruntime 1.32: below 17 the exporter silently writes opset 18 (LayerNormalization needs
@@ -53,9 +53,6 @@ FP32_OPS = [
     "Pow",
     "Clip",
 ]
-
-_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT64: "int64",
-                onnx.TensorProto.INT32: "int32"}
 
 
 def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> Path:
@@ -237,18 +234,6 @@ def _in_scopes(node: onnx.NodeProto, scopes: tuple[str, ...]) -> bool:
     return False
 
 
-def describe_io(path: Path) -> dict[str, list[dict[str, Any]]]:
-    """Names, dtypes and shapes (ints or axis names) of a graph's inputs and outputs."""
-    model = onnx.load(str(path), load_external_data=False)
-
-    def one(v: onnx.ValueInfoProto) -> dict[str, Any]:
-        t = v.type.tensor_type
-        shape = [d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim]
-        return {"name": v.name, "dtype": _ONNX_DTYPES.get(t.elem_type, str(t.elem_type)), "shape": shape}
-
-    return {"inputs": [one(v) for v in model.graph.input], "outputs": [one(v) for v in model.graph.output]}
-
-
 def op_types(path: Path) -> set[tuple[str, str]]:
     """(domain, op_type) of every node, functions included."""
     model = onnx.load(str(path), load_external_data=False)
@@ -256,8 +241,3 @@ def op_types(path: Path) -> set[tuple[str, str]]:
     for fn in model.functions:
         ops |= {(n.domain or "ai.onnx", n.op_type) for n in fn.node}
     return ops
-
-
-def opset_of(path: Path) -> int:
-    model = onnx.load(str(path), load_external_data=False)
-    return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))

@@ -291,7 +291,6 @@ def model_pixels(model: Any, images: Any) -> np.ndarray:
     """Preprocessed pixels [B, 3, H, W] from an array (taken as is), or from file paths and PIL images
     (read by the project's one loader, an unreadable file a DataError naming it)."""
     from mmadapter.export.preprocess import preprocess_batch
-
     from mmadapter.images import open_image
 
     if isinstance(images, np.ndarray):

@@ -26,12 +26,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mmadapter.errors import ExportError, MMAdapterError
 from mmadapter.export import onnx_io
 from mmadapter.export.defaults import DEFAULT_MAX_CLASSES, DEFAULT_PROVIDERS
 from mmadapter.export.manifest import file_entry, listed_files, package_versions, seal, sha256_file, write_manifest
 from mmadapter.export.tensorrt import BatchProfile
-
-from mmadapter.errors import ExportError, MMAdapterError
 from mmadapter.files import first_line, remove_stale_temps, temp_name
 
 MAX_REPORTED_FAILURES = 6
@@ -368,11 +367,11 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
             providers: Sequence[str] | None) -> tuple[dict[str, Any], list[dict[str, Any]], str | None]:
     """Every file of the export into ``tmp`` (and the repository into ``repo_tmp``)."""
     import torch
-    from mmadapter.export.specs import build_specs
-    from mmadapter.export.validate import build_cases, validate_graph
 
     from mmadapter.backbone import load_clip
     from mmadapter.checkpoint import load_checkpoint
+    from mmadapter.export.specs import build_specs
+    from mmadapter.export.validate import build_cases, validate_graph
 
     def step(name: str) -> None:
         bar.set_postfix_str(name)
@@ -474,6 +473,7 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
 def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, build_cases, validate_graph,
                   calibration=None):
     import onnxruntime as ort
+
     from mmadapter.export.calibration import holdout_case, session_factory, validate_static
     from mmadapter.export.runtime import resolve_providers, session_options
 
@@ -504,6 +504,7 @@ def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, b
 
 def _validate_open_vocabulary(graphs, folder, tokenizer_fields, clip, adapter, meta, providers):
     import onnxruntime as ort
+
     from mmadapter.export.runtime import resolve_providers, session_options
     from mmadapter.export.validate import validate_open_vocabulary
 
@@ -544,6 +545,7 @@ def _manifest(folder, checkpoint, meta, clip, graphs, opset, reports, validated,
 def _build_engines(folder: Path, graphs: dict[str, Any], profile: BatchProfile, max_classes: int, num_classes: int,
                    fp16: bool) -> dict[str, Any]:
     import tensorrt as trt
+
     from mmadapter.export.tensorrt import build_engine, cuda_gpu, engine_filename
 
     gpu = cuda_gpu()

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mmadapter.errors import DataError, ExportError
 from mmadapter.export.defaults import DEFAULT_PROVIDERS  # noqa: F401 - validation's providers, re-exported
 from mmadapter.export.manifest import read_manifest, verified_file
 from mmadapter.export.preprocess import Preprocessing, preprocess_batch
-
-from mmadapter.errors import DataError, ExportError
 from mmadapter.files import first_line
 
 _NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
@@ -298,7 +298,6 @@ def classify_images(
     oversized image is an ``ImageSkip`` in its place (``strict``: a DataError naming it); if none can be
     read, a DataError naming the first. Non-finite logits are an ExportError, never printed as nan."""
     from mmadapter.export.open_vocab import scores
-
     from mmadapter.images import ImageSkip, read_images
     from mmadapter.predictions import check_some_read, in_order, rank
 

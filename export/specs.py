@@ -12,15 +12,15 @@ is no (N+1)^2 attention in any graph, only single-query attention over N cached 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from mmadapter.export.open_vocab import CLIP_IMAGE_EMBEDDING
 from torch import nn
 
 from mmadapter import functional
 from mmadapter.adapter import ClassBank, MultiModalAdapter
+from mmadapter.export.open_vocab import CLIP_IMAGE_EMBEDDING
 
 # Symbolic axis names, shared with the manifest, TensorRT profiles and Triton configs.
 BATCH = "batch"
@@ -65,7 +65,6 @@ class GraphSpec:
     # tower runs once per label set and lost more (cosine 0.9997 on the tiny test model), and the
     # adapter graphs are small and feed the logits directly.
     int8_scopes: tuple[str, ...] = ()
-    metadata: dict[str, object] = field(default_factory=dict)
 
     def dynamic_shapes(self) -> tuple[dict[int, torch.export.Dim], ...]:
         """torch.export dims, one Dim object per axis name so that equal names are tied."""

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmadapter.export.defaults import DEFAULT_PROFILE
-
 from mmadapter.errors import ExportError
+from mmadapter.export.defaults import DEFAULT_PROFILE
 from mmadapter.files import atomic_write_bytes, atomic_write_text
 
 
@@ -139,6 +138,7 @@ def build_engine(onnx_path: Path, plan_path: Path, inputs: list[dict[str, Any]],
                  workspace_bytes: int = 4 << 30) -> Path:
     """Build and serialise one engine (plus its sidecar); reuse it when the cached file exists."""
     import tensorrt as trt
+
     from mmadapter.export.manifest import sha256_file
 
     gpu = cuda_gpu()

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from mmadapter.export.open_vocab import CLIP_IMAGE_EMBEDDING, OpenVocabulary, head
-from mmadapter.export.specs import EXPORT_BATCH, GraphSpec
-from mmadapter.export.tokenizer import ClipTokenizer
 
 from mmadapter.adapter import ClassBank, MultiModalAdapter
 from mmadapter.backbone import FrozenClip, format_prompt
+from mmadapter.export.open_vocab import CLIP_IMAGE_EMBEDDING, OpenVocabulary, head
+from mmadapter.export.specs import EXPORT_BATCH, GraphSpec
+from mmadapter.export.tokenizer import ClipTokenizer
 from mmadapter.labels import check_class_names
 
 VALIDATION_BATCHES = (1, 3, 17)

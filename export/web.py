@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmadapter.export.manifest import read_manifest, verified_file
-
 from mmadapter.errors import ExportError
+from mmadapter.export.manifest import read_manifest, verified_file
 from mmadapter.files import atomic_write_text, first_line, sha256_file, temp_name
 from mmadapter.images import MAX_ASPECT_RATIO, MAX_PIXELS, MAX_RESIZED_PIXELS
 

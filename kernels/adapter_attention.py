@@ -26,6 +26,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+
 from mmadapter.kernels._checks import check_common, check_tensor, interpreting, next_pow2
 
 LOG2E = 1.4426950408889634

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from mmadapter.kernels._checks import check_common, check_tensor
 
 BLOCK_N = 64

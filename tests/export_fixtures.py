@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import tiny_clip_spec
 
 from mmadapter.adapter import MultiModalAdapter
 from mmadapter.backbone import FrozenClip, load_clip
 from mmadapter.checkpoint import CheckpointMeta, LabelSet, save_checkpoint
 from mmadapter.config import AdapterConfig
+
+from helpers import tiny_clip_spec
 
 CLASS_NAMES = ("apple", "bicycle", "cloud", "dog", "engine", "forest", "guitar")
 

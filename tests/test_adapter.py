@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tolerances import CACHED_LOGIT_ATOL, EMB_ATOL_FP32, GRAD_ATOL, GRAD_RTOL_OF_MAX, LOGIT_ATOL_FP32, assert_close
 
 from mmadapter import AdapterConfig, ClassBank, ConfigError, MultiModalAdapter
 from mmadapter.config import get_adapter_config, list_adapter_configs
 from mmadapter.reference import ReferenceMultiModalAdapter, cross_modal_mask
+
+from tolerances import CACHED_LOGIT_ATOL, EMB_ATOL_FP32, GRAD_ATOL, GRAD_RTOL_OF_MAX, LOGIT_ATOL_FP32, assert_close
 
 
 def random_adapter(embed_dim: int, seed: int = 0) -> MultiModalAdapter:

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from export_fixtures import make_checkpoint
-from helpers import make_image_folder
+
+from mmadapter.errors import ExportError
 from mmadapter.export import calibration as cal
 from mmadapter.export.preprocess import Preprocessing
 
-from mmadapter.errors import ExportError
+from export_fixtures import make_checkpoint
+from helpers import make_image_folder
 
 PRE = Preprocessing((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 

@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from export_fixtures import ExportBundle
+
+from mmadapter import cli as mmadapter_cli
+from mmadapter.errors import ExportError
 from mmadapter.export import cli, onnx_io, validate
 from mmadapter.export.preprocess import Preprocessing, preprocess_batch
 from mmadapter.export.runtime import PROVIDER_ORDER, ExportedModel, classify_images
 from mmadapter.export.specs import TensorSpec
 from mmadapter.export.validate import COSINE_MIN, TIE_MARGIN, Case, validate_graph
 
-from mmadapter import cli as mmadapter_cli
-from mmadapter.errors import ExportError
+from export_fixtures import ExportBundle
 
 INT8_FILE = "image_classifier.int8.ort.onnx"
 QUANTIZED_OPS = {"DynamicQuantizeMatMul", "MatMulInteger", "DynamicQuantizeLinear"}

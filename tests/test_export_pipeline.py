@@ -10,18 +10,20 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from export_fixtures import CLASS_NAMES, ExportBundle, copying_exporter
-from mmadapter.export import cli, onnx_io, validate
-from mmadapter.export.validate import COSINE_MIN, sample_images
 
 import mmadapter
 from mmadapter.errors import ExportError
+from mmadapter.export import cli, onnx_io, validate
+from mmadapter.export.validate import COSINE_MIN, sample_images
+
+from export_fixtures import CLASS_NAMES, ExportBundle, copying_exporter
 
 GRAPHS = ("image_classifier", "text_encoder", "class_bank", "adapter_head")
 SUFFIXES = (".onnx", ".ort.onnx", ".fp16.onnx", ".fp16.ort.onnx")
@@ -30,6 +32,27 @@ ALL_FILES = {f"{g}{s}" for g in GRAPHS for s in SUFFIXES} | {f"{g}.int8.ort.onnx
 BATCHES = (1, 3, 17)  # the graphs were traced at batch 2
 ROOT = Path(__file__).resolve().parents[1]
 N = len(CLASS_NAMES)
+
+
+ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT64: "int64",
+               onnx.TensorProto.INT32: "int32"}
+
+
+def describe_io(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Names, dtypes and shapes (ints or axis names) of a graph's inputs and outputs, read from the file."""
+    model = onnx.load(str(path), load_external_data=False)
+
+    def one(v: onnx.ValueInfoProto) -> dict[str, Any]:
+        t = v.type.tensor_type
+        shape = [d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim]
+        return {"name": v.name, "dtype": ONNX_DTYPES.get(t.elem_type, str(t.elem_type)), "shape": shape}
+
+    return {"inputs": [one(v) for v in model.graph.input], "outputs": [one(v) for v in model.graph.output]}
+
+
+def opset_of(path: Path) -> int:
+    model = onnx.load(str(path), load_external_data=False)
+    return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -90,9 +113,9 @@ def test_manifest_hashes_io_versions_and_label_set(exported: ExportBundle) -> No
                 name = entry["files"][precision][kind]
                 assert name in m["files"]
                 path = exported.out_dir / name
-                assert onnx_io.opset_of(path) == m["opset"], name
+                assert opset_of(path) == m["opset"], name
                 # The recorded interface is the file's (fp16 graphs keep fp32 inputs and outputs).
-                assert onnx_io.describe_io(path) == entry["io"], name
+                assert describe_io(path) == entry["io"], name
     io = m["graphs"]["image_classifier"]["io"]
     assert io["inputs"] == [{"name": "pixels", "dtype": "float32", "shape": ["batch", 3, 64, 64]}]
     assert io["outputs"][0] == {"name": "logits", "dtype": "float32", "shape": ["batch", N]}
@@ -292,7 +315,7 @@ def test_dynamic_axes_are_named(exported: ExportBundle) -> None:
     }
     for g, (inputs, outputs) in expected.items():
         for suffix in SUFFIXES:
-            io = onnx_io.describe_io(exported.out_dir / f"{g}{suffix}")
+            io = describe_io(exported.out_dir / f"{g}{suffix}")
             assert {t["name"]: t["shape"] for t in io["inputs"]} == inputs, f"{g}{suffix}"
             assert {t["name"]: t["shape"] for t in io["outputs"]} == outputs, f"{g}{suffix}"
             assert {t["dtype"] for t in io["inputs"] + io["outputs"]} <= {"float32", "int64"}
@@ -388,9 +411,8 @@ def test_tampered_graph_fails_validation(exported: ExportBundle, tmp_path: Path,
 
     monkeypatch.setattr(onnx_io, "export_graph", wrong_graph)
     monkeypatch.setattr(onnx_io, "optimize_for_ort", optimize)
-    from mmadapter.export.pipeline import export_checkpoint
-
     from mmadapter.errors import ExportError
+    from mmadapter.export.pipeline import export_checkpoint
 
     with pytest.raises(ExportError, match=r"validation failed: adapter_head\.onnx") as info:
         export_checkpoint(exported.checkpoint, tmp_path / "out", progress=False)

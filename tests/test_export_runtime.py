@@ -13,16 +13,17 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from export_fixtures import CLASS_NAMES, ExportBundle
+from PIL import Image
+
+from mmadapter.errors import DataError, ExportError, MMAdapterError
 from mmadapter.export import runtime
 from mmadapter.export.preprocess import Preprocessing, load_image, preprocess_batch, preprocess_image
 from mmadapter.export.runtime import ExportedModel, Session, classify_images, resolve_providers
 from mmadapter.export.validate import sample_images
-from PIL import Image
-
-from mmadapter.errors import DataError, ExportError, MMAdapterError
 from mmadapter.images import ImageSkip
 from mmadapter.predict import predict_images
+
+from export_fixtures import CLASS_NAMES, ExportBundle
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 PREPROCESS_ATOL = 1e-5  # numpy vs open_clip preprocess, in normalised units (values span about +-2)

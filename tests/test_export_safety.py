@@ -16,15 +16,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from export_fixtures import ExportBundle, copying_exporter, make_checkpoint
+
+from mmadapter.errors import ExportError, MMAdapterError
 from mmadapter.export import onnx_io, pipeline
 from mmadapter.export.manifest import read_manifest
 from mmadapter.export.pipeline import check_destinations, check_export_arguments, export_checkpoint
 from mmadapter.export.serving import MARKER
 from mmadapter.export.tensorrt import BatchProfile
-
-from mmadapter.errors import ExportError, MMAdapterError
 from mmadapter.files import pid_alive
+
+from export_fixtures import ExportBundle, copying_exporter, make_checkpoint
 
 
 @pytest.fixture

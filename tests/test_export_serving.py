@@ -11,8 +11,10 @@ from typing import Any
 
 import onnx
 import pytest
-from export_fixtures import ExportBundle
+
 from mmadapter.export.serving import MARKER, config_pbtxt, write_model_repository, written_files
+
+from export_fixtures import ExportBundle
 
 GRAPHS = {"image_classifier", "text_encoder", "class_bank", "adapter_head"}
 ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",

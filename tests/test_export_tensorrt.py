@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from export_fixtures import ExportBundle, copying_exporter
+
+from mmadapter.errors import ExportError
 from mmadapter.export import cli, onnx_io
 from mmadapter.export import tensorrt as trt_mod
 from mmadapter.export.manifest import sha256_file
@@ -26,7 +27,7 @@ from mmadapter.export.tensorrt import (
     tensorrt_unavailable_reason,
 )
 
-from mmadapter.errors import ExportError
+from export_fixtures import ExportBundle, copying_exporter
 
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
 L4 = GpuInfo("NVIDIA L4", "8.9")

@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from export_fixtures import ExportBundle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from mmadapter.errors import DataError, ExportError, MMAdapterError
 from mmadapter.export.manifest import HASH_FIELD, MANIFEST, manifest_hash, read_manifest
 from mmadapter.export.runtime import ExportedModel
 
-from mmadapter.errors import DataError, ExportError, MMAdapterError
+from export_fixtures import ExportBundle
 
 FUZZ = settings(derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

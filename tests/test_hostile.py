@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from export_fixtures import ExportBundle, copying_exporter
-from helpers import make_image_folder, tiny_clip_spec
-from mmadapter.export import onnx_io
 from PIL import Image
 
 from mmadapter import cli
+from mmadapter.export import onnx_io
+
+from export_fixtures import ExportBundle, copying_exporter
+from helpers import make_image_folder, tiny_clip_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 LEFTOVER_MARKS = (".partial", ".old-", ".lock")

@@ -15,19 +15,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from export_fixtures import CLASS_NAMES, ExportBundle
-from mmadapter.export import runtime
-from mmadapter.export.preprocess import Preprocessing, preprocess_image
-from mmadapter.export.preprocess import load_image as serving_load_image
-from mmadapter.export.runtime import classify_images
 from PIL import Image
 
 from mmadapter import data
 from mmadapter.backbone import FrozenClip
 from mmadapter.errors import CheckpointError, DataError, ExportError
+from mmadapter.export import runtime
+from mmadapter.export.preprocess import Preprocessing, preprocess_image
+from mmadapter.export.preprocess import load_image as serving_load_image
+from mmadapter.export.runtime import classify_images
 from mmadapter.images import ImageReadError, ImageSkip, open_image
 from mmadapter.predict import count_skipped, format_predictions, parse_class_list, predict_images
 from mmadapter.predictions import rank
+
+from export_fixtures import CLASS_NAMES, ExportBundle
 
 PREPROCESS_ATOL = 1e-5  # numpy vs open_clip's transform, normalised units (values span about +-2)
 PROB_ATOL = 1e-3  # ONNX Runtime vs torch (the reference), per class probability

@@ -14,6 +14,12 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+
+from mmadapter import functional
+from mmadapter.adapter import MultiModalAdapter
+from mmadapter.config import AdapterConfig
+from mmadapter.reference import ReferenceMultiModalAdapter
+
 from tolerances import (
     EMB_ATOL_FP32,
     GRAD_ATOL,
@@ -27,11 +33,6 @@ from tolerances import (
     assert_close,
     max_abs_error,
 )
-
-from mmadapter import functional
-from mmadapter.adapter import MultiModalAdapter
-from mmadapter.config import AdapterConfig
-from mmadapter.reference import ReferenceMultiModalAdapter
 
 pytest.importorskip("triton")
 

@@ -123,11 +123,11 @@ def _signature(fn: Any, meta: dict[str, Any], dtype: str, mode: int | None) -> t
 def _compile_case(case: dict[str, Any]) -> dict[str, Any]:
     import torch
     import triton
-    from mmadapter.kernels import adapter_attention, adapter_logits
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from mmadapter.config import get_adapter_config
+    from mmadapter.kernels import adapter_attention, adapter_logits
 
     cfg = get_adapter_config(case["config"])
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[case["dtype"]]

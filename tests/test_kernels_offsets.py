@@ -16,9 +16,10 @@ import mmap
 import pytest
 import torch
 from test_kernels import DEVICE, make_case
-from tolerances import EMB_ATOL_FP32, LOGIT_ATOL_FP32, assert_close
 
 from mmadapter import functional
+
+from tolerances import EMB_ATOL_FP32, LOGIT_ATOL_FP32, assert_close
 
 pytest.importorskip("triton")
 

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from export_fixtures import CLASS_NAMES, ExportBundle, copying_exporter
+
+from mmadapter.cli import main
+from mmadapter.errors import DataError, ExportError
 from mmadapter.export import onnx_io, open_vocab
 from mmadapter.export import validate as validate_module
 from mmadapter.export.open_vocab import CLIP_IMAGE_EMBEDDING, BankCache
@@ -21,8 +23,7 @@ from mmadapter.export.pipeline import export_checkpoint
 from mmadapter.export.runtime import ExportedModel, classify_images
 from mmadapter.export.validate import COSINE_MIN, LOGITS_ATOL_FP32, sample_images
 
-from mmadapter.cli import main
-from mmadapter.errors import DataError, ExportError
+from export_fixtures import CLASS_NAMES, ExportBundle, copying_exporter
 
 NEW_CLASSES = ("zebra", "lighthouse", "Café crème", "rock &amp; roll", "x-ray machine")
 

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 pytest.importorskip("openvino")
-from export_fixtures import make_checkpoint  # noqa: E402
+from mmadapter import cli  # noqa: E402
+from mmadapter.checkpoint import CheckpointMeta, LabelSet, save_checkpoint  # noqa: E402
+from mmadapter.digits import DIGIT_NAMES, DIGITS_TEMPLATE, write_digits_folder  # noqa: E402
 from mmadapter.export import onnx_io  # noqa: E402
 from mmadapter.export.manifest import check_manifest  # noqa: E402
 from mmadapter.export.runtime import ExportedModel  # noqa: E402
 
-from mmadapter import cli  # noqa: E402
-from mmadapter.checkpoint import CheckpointMeta, LabelSet, save_checkpoint  # noqa: E402
-from mmadapter.digits import DIGIT_NAMES, DIGITS_TEMPLATE, write_digits_folder  # noqa: E402
+from export_fixtures import make_checkpoint  # noqa: E402
 
 COSINE_FP32 = 0.99999  # validate.COSINE_MIN["fp32"]: OpenVINO fp32 vs ONNX Runtime fp32
 COSINE_INT8 = 0.999  # validate.COSINE_MIN["int8"]
@@ -91,7 +91,6 @@ def test_validation_reports(ov_export) -> None:
 
 def _pixels(root: Path, digits: Path) -> np.ndarray:
     from mmadapter.export.preprocess import Preprocessing, preprocess_batch
-
     from mmadapter.images import read_images
 
     paths = sorted(digits.rglob("*.png"))[::7]

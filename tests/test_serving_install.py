@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from export_fixtures import CLASS_NAMES, ExportBundle
+
 from mmadapter.export.validate import sample_images
+
+from export_fixtures import CLASS_NAMES, ExportBundle
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING_ONLY = ("torch", "torchvision", "open_clip", "triton", "safetensors", "tqdm", "onnx", "onnxscript")

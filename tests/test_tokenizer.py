@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import pytest
-from mmadapter.export.tokenizer import TOKENIZER_FILE, ClipTokenizer, write_tokenizer
 
 from mmadapter.errors import ExportError
+from mmadapter.export.tokenizer import TOKENIZER_FILE, ClipTokenizer, write_tokenizer
 
 CORPUS_SIZE = 1500
 

@@ -11,12 +11,13 @@ import stat
 from pathlib import Path
 
 import pytest
-from export_fixtures import make_checkpoint
-from mmadapter.export import web
 
 from mmadapter import cli
 from mmadapter.errors import ExportError
+from mmadapter.export import web
 from mmadapter.files import sha256_file
+
+from export_fixtures import make_checkpoint
 
 
 @pytest.fixture(scope="session")

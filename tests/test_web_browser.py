@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from mmadapter.export import web
 from PIL import Image
 from test_web import web_export  # noqa: F401 - the shared session fixture
 
 from mmadapter import cli
 from mmadapter.errors import MMAdapterError
+from mmadapter.export import web
 
 pytestmark = pytest.mark.slow
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install "
