@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from mmadapter.errors import DataError, ExportError
-from mmadapter.files import FileWriteError, atomic_write_with, first_line
+from mmadapter.files import write_cache_entry
 from mmadapter.labels import check_class_names, check_template, format_prompt
 
 GraphRunner = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -128,7 +127,6 @@ def default_cache_dir() -> Path | None:
     return Path(base) / "mmadapter" / "class-banks"
 
 
-_unwritable: set[Path] = set()  # cache folders that failed once: warned about once, not tried again
 
 
 class BankCache:
@@ -163,10 +161,6 @@ class BankCache:
 
     def save(self, path: Path, bank: Bank) -> Path | None:
         """Write atomically; a folder that cannot be written is one warning line and None."""
-        root = self.root.absolute()
-        if root in _unwritable:
-            return None
-
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 np.savez(f, class_names=np.array(bank.class_names, dtype=str), text_emb=bank.text_emb,
@@ -174,18 +168,7 @@ class BankCache:
                 f.flush()
                 os.fsync(f.fileno())
 
-        try:
-            try:
-                self.root.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise FileWriteError(first_line(exc)) from None
-            atomic_write_with(path, write, suffix=".npz")
-        except FileWriteError as exc:
-            _unwritable.add(root)
-            print(f"warning: class bank cache {self.root} is not writable ({first_line(exc)}); continuing without it",
-                  file=sys.stderr)
-            return None
-        return path
+        return write_cache_entry(self.root, path, write, "class bank cache", suffix=".npz")
 
 
 def cached_bank(cache: BankCache | None, export_hash: str, precision: str, class_names: Sequence[str],

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 from mmadapter.backbone import FrozenClip, load_clip, pin_weights
 from mmadapter.config import ClipSpec
 from mmadapter.data import ImageRecord, load_image, records_identity
-from mmadapter.files import FileWriteError, atomic_path, first_line
+from mmadapter.files import write_cache_entry
 
 CACHE_FORMAT_VERSION = 1
 
@@ -88,27 +87,13 @@ class EmbeddingCache:
         stderr, then the run goes on without it; returns ``None`` then."""
         from safetensors.torch import save_file
 
-        root = self.root.absolute()
-        if root in _unwritable:
-            return None
-        path = self.path(key)
-        try:
-            try:
-                self.root.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise FileWriteError(first_line(exc)) from None
-            with atomic_path(path) as tmp:
-                save_file({"embeddings": emb.detach().float().contiguous().cpu()}, str(tmp),
-                          metadata={"description": json.dumps(description, sort_keys=True)})
-        except FileWriteError as exc:
-            _unwritable.add(root)
-            print(f"warning: embedding cache {self.root} is not writable ({first_line(exc)}); continuing without it",
-                  file=sys.stderr)
-            return None
-        return path
+        def write(tmp: Path) -> None:
+            save_file({"embeddings": emb.detach().float().contiguous().cpu()}, str(tmp),
+                      metadata={"description": json.dumps(description, sort_keys=True)})
+
+        return write_cache_entry(self.root, self.path(key), write, "embedding cache")
 
 
-_unwritable: set[Path] = set()  # cache folders that failed once: warned about once, not tried again
 
 
 def _encode_records(clip: FrozenClip, records: Sequence[ImageRecord], batch_size: int, progress: bool) -> torch.Tensor:

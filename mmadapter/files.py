@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -180,6 +181,30 @@ def atomic_write_with(dest: str | Path, writer: Callable[[Path], object], overwr
     return Path(dest)
 
 
+_unwritable_caches: set[Path] = set()  # cache folders that failed once: warned about once, not tried again
+
+
+def write_cache_entry(root: Path, dest: Path, writer: Callable[[Path], object], what: str,
+                      suffix: str = "") -> Path | None:
+    """Write a cache entry atomically, as :func:`atomic_write_with`. A cache is ours, never the user's
+    problem: a folder that cannot be written (read-only, a file in the way, a full disk) is one
+    warning line on stderr, then ``None``, and is not tried again in this process."""
+    root = Path(root).absolute()
+    if root in _unwritable_caches:
+        return None
+    try:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FileWriteError(first_line(exc)) from None
+        atomic_write_with(dest, writer, suffix=suffix)
+    except FileWriteError as exc:
+        _unwritable_caches.add(root)
+        print(f"warning: {what} {root} is not writable ({first_line(exc)}); continuing without it", file=sys.stderr)
+        return None
+    return Path(dest)
+
+
 __all__ = [
     "FileWriteError",
     "atomic_path",
@@ -192,4 +217,5 @@ __all__ = [
     "resolve_destination",
     "sha256_file",
     "temp_name",
+    "write_cache_entry",
 ]
