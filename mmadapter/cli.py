@@ -57,14 +57,18 @@ class ArgumentParser(argparse.ArgumentParser):
 # -- argument types: checked at parse time, so a bad value never reaches expensive work -----------------
 
 
-def positive_int(text: str) -> int:
+def _int_in(text: str, lo: int, hi: int | None, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < lo or (hi is not None and value > hi):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_in(text, 1, None, "a whole number >= 1")
 
 
 def positive_float(text: str) -> float:
@@ -78,14 +82,7 @@ def positive_float(text: str) -> float:
 
 
 def seed_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    lo, hi = SEED_RANGE
-    if not lo <= value <= hi:
-        raise argparse.ArgumentTypeError(f"expected a seed in {lo}..{hi}, got {value}")
-    return value
+    return _int_in(text, *SEED_RANGE, f"a seed in {SEED_RANGE[0]}..{SEED_RANGE[1]}")
 
 
 def template_text(text: str) -> str:

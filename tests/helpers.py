@@ -46,3 +46,18 @@ def synthetic_embeddings(
     noise = F.normalize(torch.randn(labels.numel(), dim, generator=g), dim=-1)
     images = F.normalize(signal * text[labels] + prototypes[labels] + 0.5 * noise, dim=-1)
     return text, images, labels
+
+
+def train_with_cli(root: Path, classes: list[str], per_class: int, epochs: int) -> dict[str, Path]:
+    """An image folder, the tiny CLIP as a local weights file, and a checkpoint trained on them with
+    `mmadapter train` (2 shots): what a user's own run leaves."""
+    from mmadapter import cli
+
+    data = make_image_folder(root / "data", classes, per_class=per_class)
+    spec = tiny_clip_spec(root)
+    ckpt = root / "adapter.safetensors"
+    rc = cli.main(["train", "--data", str(data), "--clip-model", "mmadapter-tiny", "--clip-weights",
+                   str(spec.weights_path), "--shots", "2", "--epochs", str(epochs), "--out", str(ckpt),
+                   "--cache-dir", str(root / "cache"), "--no-progress"])
+    assert rc == 0, "mmadapter train failed"
+    return {"root": root, "data": data, "weights": Path(str(spec.weights_path)), "checkpoint": ckpt}

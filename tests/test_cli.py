@@ -12,7 +12,7 @@ import pytest
 
 from mmadapter import cli
 from mmadapter.checkpoint import read_metadata
-from tests.helpers import make_image_folder, tiny_clip_spec
+from tests.helpers import make_image_folder, train_with_cli
 
 CLASSES = ["ant", "bee", "cat", "dog"]
 
@@ -20,15 +20,7 @@ CLASSES = ["ant", "bee", "cat", "dog"]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny image folder, a tiny CLIP weights file and a checkpoint trained on them with `mmadapter train`."""
-    root = tmp_path_factory.mktemp("cli")
-    data = make_image_folder(root / "data", CLASSES, per_class=6)
-    spec = tiny_clip_spec(root)
-    ckpt = root / "adapter.safetensors"
-    rc = cli.main(["train", "--data", str(data), "--clip-model", "mmadapter-tiny", "--clip-weights",
-                   str(spec.weights_path), "--shots", "2", "--epochs", "3", "--out", str(ckpt),
-                   "--cache-dir", str(root / "cache"), "--no-progress"])
-    assert rc == 0
-    return {"root": root, "data": data, "weights": Path(str(spec.weights_path)), "checkpoint": ckpt}
+    return train_with_cli(tmp_path_factory.mktemp("cli"), CLASSES, per_class=6, epochs=3)
 
 
 def _error_line(capsys: pytest.CaptureFixture[str]) -> str:

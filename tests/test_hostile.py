@@ -29,7 +29,7 @@ from mmadapter import cli
 from mmadapter.export import onnx_io
 
 from export_fixtures import ExportBundle, copying_exporter
-from helpers import make_image_folder, tiny_clip_spec
+from helpers import make_image_folder, tiny_clip_spec, train_with_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 LEFTOVER_MARKS = (".partial", ".old-", ".lock")
@@ -268,15 +268,7 @@ def test_symlinked_out_is_followed_never_replaced(copying: ExportBundle, work: d
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A user-trained checkpoint (`mmadapter train` with a local CLIP weights file)."""
-    root = tmp_path_factory.mktemp("hostile-train")
-    data = make_image_folder(root / "data", ["ant", "bee", "cat"], per_class=5)
-    spec = tiny_clip_spec(root)
-    ckpt = root / "adapter.safetensors"
-    rc = cli.main(["train", "--data", str(data), "--clip-model", "mmadapter-tiny", "--clip-weights",
-                   str(spec.weights_path), "--shots", "2", "--epochs", "2", "--out", str(ckpt),
-                   "--cache-dir", str(root / "cache"), "--no-progress"])
-    assert rc == 0
-    return {"root": root, "data": data, "weights": Path(str(spec.weights_path)), "checkpoint": ckpt}
+    return train_with_cli(tmp_path_factory.mktemp("hostile-train"), ["ant", "bee", "cat"], per_class=5, epochs=2)
 
 
 def _train_argv(trained: dict[str, Path], out: Path, *extra: object) -> list[object]:
