@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from mmadapter.errors import DataError, ExportError
+from mmadapter.export.graphs import IMAGE_CLASSIFIER, LOGITS, PIXELS, TOLERANCES
 
 AGREEMENT_MIN = 0.99  # int8 top-1 identical to fp32 on >= 99% of decisive inputs
-TIE_MARGIN = 0.005  # validate.TIE_MARGIN["int8"], repeated here: validate imports torch
+TIE_MARGIN = TOLERANCES["int8"].tie_margin
 
 
 def labelled_images(folder: Path, class_names: list[str]) -> tuple[list[Path], np.ndarray]:
@@ -48,7 +49,7 @@ def variants(model: Any) -> dict[str, Callable[[], Any]]:
     from mmadapter.export.manifest import verified_file
     from mmadapter.export.runtime import Session
 
-    entry = model.manifest["graphs"]["image_classifier"]
+    entry = model.manifest["graphs"][IMAGE_CLASSIFIER]
     batch_inputs = entry["batch_inputs"]
     out: dict[str, Callable[[], Any]] = {}
     names = {("fp32", "ort"): "onnxruntime fp32", ("int8", "ort"): "onnxruntime int8 dynamic",
@@ -62,7 +63,7 @@ def variants(model: Any) -> dict[str, Callable[[], Any]]:
             from mmadapter.export.openvino import make_session, verified_ir
 
             out[label] = lambda p=precision, f=entry["files"][precision]: make_session(
-                verified_ir(model.folder, model.manifest, f, "image_classifier", p), None, None, batch_inputs)
+                verified_ir(model.folder, model.manifest, f, IMAGE_CLASSIFIER, p), None, None, batch_inputs)
         else:
             out[label] = lambda f=file: Session(verified_file(model.folder, model.manifest, f), ["cpu"], None,
                                                 batch_inputs)
@@ -94,7 +95,7 @@ def evaluate_export(onnx_dir: str | Path, data_dir: str | Path, batch_size: int 
         kept += [start + i for i in good]
         pixels = preprocess_batch([loaded[i] for i in good], model.preprocessing)
         for name, sess in sessions.items():
-            logits[name].append(sess.run({"pixels": pixels}, batch_size)["logits"])
+            logits[name].append(sess.run({PIXELS: pixels}, batch_size)[LOGITS])
     if not kept:
         raise DataError(f"--data {data_dir}: none of its {len(paths)} images could be read")
     truth = labels[kept]

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mmadapter.errors import ExportError
+from mmadapter.export.graphs import CLIP_IMAGE_EMBEDDING, IMAGE_EMBEDDING, LOGITS, PIXELS
 from mmadapter.images import IMAGE_EXTENSIONS, ImageSkip, is_image_file, read_images
 
 MAX_CALIBRATION_IMAGES = 64  # ranges settle well before this (NNCF's 300 default costs 5x the export time)
@@ -126,7 +127,7 @@ def load_calibration(folder: str | Path, preprocessing: Any, seed: int = SEED) -
 
 def batches(pixels: np.ndarray, batch_size: int = 1) -> list[dict[str, np.ndarray]]:
     """Feeds of the image classifier, ``batch_size`` images each (calibrators run them one by one)."""
-    return [{"pixels": pixels[i:i + batch_size]} for i in range(0, len(pixels), batch_size)]
+    return [{PIXELS: pixels[i:i + batch_size]} for i in range(0, len(pixels), batch_size)]
 
 
 def write_calibrated_graphs(folder: Path, spec: Any, files: dict[str, dict[str, str]],
@@ -158,15 +159,14 @@ def holdout_case(clip: Any, adapter: Any, bank: Any, logit_scale: float, pixels:
     model's outputs as expected values."""
     import torch
 
-    from mmadapter.export.open_vocab import CLIP_IMAGE_EMBEDDING
     from mmadapter.export.validate import Case
 
     with torch.no_grad():
         emb = clip.encode_images(torch.from_numpy(pixels))
         out = adapter.eval()(emb, bank, logit_scale)
-    expected = {"logits": out.logits.float().numpy(), "image_embedding": out.image_emb.float().numpy(),
+    expected = {LOGITS: out.logits.float().numpy(), IMAGE_EMBEDDING: out.image_emb.float().numpy(),
                 CLIP_IMAGE_EMBEDDING: emb.float().numpy()}
-    return Case(f"{len(pixels)} held-out calibration images", {"pixels": pixels}, expected)
+    return Case(f"{len(pixels)} held-out calibration images", {PIXELS: pixels}, expected)
 
 
 def session_factory(kind: str, ort_factory: Any) -> Any:
@@ -227,7 +227,8 @@ def validate_static(validate_graph: Any, path: Path, spec: Any, synthetic: list[
     real = validate_graph(path, spec, [held_out], "int8", factory)
     other = validate_graph(path, spec, synthetic, "int8", factory)
     report = StaticReport(real.file, "int8", list(real.failures), dict(real.min_cosine), dict(real.max_abs_diff),
-                          real.top1_agreement, real.near_ties + other.near_ties, other.batch_sizes + real.batch_sizes)
+                          real.top1_agreement, real.near_ties + other.near_ties, other.batch_sizes + real.batch_sizes,
+                          real.tolerance)
     report.failures += [f for f in other.failures if " cosine " not in f]
     report.synthetic_min_cosine = dict(other.min_cosine)
     if other.top1_agreement is not None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mmadapter.errors import ExportError, MMAdapterError
+from mmadapter.export.graphs import IMAGE_CLASSIFIER, LOGITS, PIXELS
 from mmadapter.files import atomic_write_text, first_line, sha256_file
 from mmadapter.labels import check_class_names, check_template
 
@@ -31,7 +32,6 @@ HASH_FIELD = "manifest_sha256"
 PRECISIONS = ("fp32", "fp16", "int8")
 FILE_KINDS = ("portable", "ort", "openvino")  # openvino: an IR .xml, its weights in the .bin of the same name
 TENSOR_DTYPES = ("float32", "float16", "int64", "int32")
-CLASSIFIER = "image_classifier"
 MAX_REPORTED = 6
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -211,9 +211,9 @@ def _check_graph(c: _Checker, name: str, entry: Any, files: dict[str, Any]) -> N
 def _classifier_dims(c: _Checker, graphs: dict[str, Any], num_classes: int | None,
                      image_size: tuple[int, int] | None) -> None:
     """The label set and the preprocessing must fit the image classifier's interface."""
-    entry = graphs.get(CLASSIFIER)
+    entry = graphs.get(IMAGE_CLASSIFIER)
     if entry is None:
-        c.fail("graphs", f"no {CLASSIFIER} graph")
+        c.fail("graphs", f"no {IMAGE_CLASSIFIER} graph")
         return
     io = entry.get("io") if isinstance(entry, dict) else None
     if not isinstance(io, dict):
@@ -221,9 +221,9 @@ def _classifier_dims(c: _Checker, graphs: dict[str, Any], num_classes: int | Non
     tensors = {kind: {t["name"]: t.get("shape") for t in io.get(kind) or [] if isinstance(t, dict)
                       and isinstance(t.get("name"), str)}
                for kind in ("inputs", "outputs") if isinstance(io.get(kind), list)}
-    logits = tensors.get("outputs", {}).get("logits")
-    pixels = tensors.get("inputs", {}).get("pixels")
-    where = f"graphs.{CLASSIFIER}.io"
+    logits = tensors.get("outputs", {}).get(LOGITS)
+    pixels = tensors.get("inputs", {}).get(PIXELS)
+    where = f"graphs.{IMAGE_CLASSIFIER}.io"
     if not isinstance(logits, list) or len(logits) != 2:
         c.fail(f"{where}.outputs", "needs a logits output of shape [batch, N]")
     elif num_classes is not None and logits[1] != num_classes:

@@ -30,6 +30,7 @@ import torch
 
 from mmadapter.errors import ExportError
 from mmadapter.export.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
+from mmadapter.export.graphs import NUM_CLASSES
 from mmadapter.export.specs import EXPORT_BATCH, GraphSpec
 
 # The range is defined in defaults.py (the CLI reads it without torch). Checked on torch 2.14 / onnx
@@ -61,7 +62,7 @@ def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> Pat
     if isinstance(opset, bool) or opset not in SUPPORTED_OPSETS:
         raise ExportError(f"opset {opset} is not supported; choose {MIN_OPSET}-{MAX_OPSET}")
     sizes = {axis: EXPORT_BATCH for axis in spec.axis_names()}
-    sizes["num_classes"] = 7  # any size that no other axis has, so shapes are not tied by accident
+    sizes[NUM_CLASSES] = 7  # any size that no other axis has, so shapes are not tied by accident
     args = spec.sample_inputs(sizes)
     # The exporter prints progress lines and deprecation chatter; the export steps have their own bar.
     with torch.no_grad(), _quiet():

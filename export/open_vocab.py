@@ -28,13 +28,26 @@ from typing import Any
 import numpy as np
 
 from mmadapter.errors import DataError, ExportError
+from mmadapter.export.graphs import (  # noqa: F401 - CLIP_IMAGE_EMBEDDING, TEXT_GRAPHS: re-exported
+    ADAPTER_HEAD,
+    BANK_TENSORS,
+    CLASS_BANK,
+    CLASS_EMBEDDING,
+    CLIP_IMAGE_EMBEDDING,
+    IMAGE_EMB,
+    INPUT_IDS,
+    KEYS,
+    LOGITS,
+    TEXT_EMB,
+    TEXT_EMBEDDING,
+    TEXT_ENCODER,
+    TEXT_GRAPHS,
+    VALUES,
+)
 from mmadapter.files import write_cache_entry
 from mmadapter.labels import check_class_names, check_template, format_prompt
 
 GraphRunner = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
-# The image classifier's output that feeds adapter_head for a label set other than the folded one.
-CLIP_IMAGE_EMBEDDING = "clip_image_embedding"
-TEXT_GRAPHS = ("text_encoder", "class_bank", "adapter_head")
 CACHE_ENV = "MMADAPTER_BANK_CACHE"  # a folder; empty string: no bank cache
 CACHE_FORMAT = 1
 
@@ -50,7 +63,7 @@ class Bank:
 
     @property
     def feeds(self) -> dict[str, np.ndarray]:
-        return {"text_emb": self.text_emb, "keys": self.keys, "values": self.values}
+        return {TEXT_EMB: self.text_emb, KEYS: self.keys, VALUES: self.values}
 
 
 def check_label_set(class_names: Sequence[str], templates: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -72,7 +85,7 @@ def class_embeddings(tokenize: Callable[[list[str]], np.ndarray], run: GraphRunn
     """One unit-norm embedding per class [N, C] (float32): the normalised mean of its prompts' unit-norm
     text embeddings over the templates, as ``FrozenClip.class_embeddings`` computes it in torch."""
     prompts = [format_prompt(t, c) for t in templates for c in class_names]
-    emb = run("text_encoder", {"input_ids": tokenize(prompts)})["text_embedding"].astype(np.float32)
+    emb = run(TEXT_ENCODER, {INPUT_IDS: tokenize(prompts)})[TEXT_EMBEDDING].astype(np.float32)
     per_template = emb.reshape(len(templates), len(class_names), -1)
     mean = per_template.mean(axis=0)
     norm = np.linalg.norm(mean, axis=-1, keepdims=True)
@@ -82,8 +95,8 @@ def class_embeddings(tokenize: Callable[[list[str]], np.ndarray], run: GraphRunn
 def build_bank(tokenize: Callable[[list[str]], np.ndarray], run: GraphRunner, class_names: Sequence[str],
                templates: Sequence[str]) -> Bank:
     emb = class_embeddings(tokenize, run, class_names, templates)
-    out = run("class_bank", {"class_embedding": emb})
-    bank = Bank(tuple(class_names), out["text_emb"], out["keys"], out["values"])
+    out = run(CLASS_BANK, {CLASS_EMBEDDING: emb})
+    bank = Bank(tuple(class_names), *(out[t] for t in BANK_TENSORS))
     if not all(np.isfinite(a).all() for a in (bank.text_emb, bank.keys, bank.values)):
         raise ExportError("the class bank of the new label set has NaN or infinite values")
     return bank
@@ -91,7 +104,7 @@ def build_bank(tokenize: Callable[[list[str]], np.ndarray], run: GraphRunner, cl
 
 def head(run: GraphRunner, clip_image_emb: np.ndarray, bank: Bank) -> dict[str, np.ndarray]:
     """``adapter_head`` over CLIP image embeddings [B, C] and ``bank``: logits [B, N], adapted embedding."""
-    return run("adapter_head", {"image_emb": clip_image_emb, **bank.feeds})
+    return run(ADAPTER_HEAD, {IMAGE_EMB: clip_image_emb, **bank.feeds})
 
 
 @dataclass(frozen=True)
@@ -224,8 +237,8 @@ class OpenVocabulary:
 
         setting = model.bank_cache
         root = default_cache_dir() if setting is True else (Path(setting) if setting else None)
-        outputs = {t["name"]: t["shape"] for t in manifest["graphs"]["class_bank"]["io"]["outputs"]}
-        width = (int(outputs["text_emb"][1]), int(outputs["keys"][1]))
+        outputs = {t["name"]: t["shape"] for t in manifest["graphs"][CLASS_BANK]["io"]["outputs"]}
+        width = (int(outputs[TEXT_EMB][1]), int(outputs[KEYS][1]))
         return cls(tokenizer, run, manifest["label_set"]["templates"], manifest["manifest_sha256"],
                    f"{model.precision}/{text_precision}", BankCache(root) if root is not None else None, width)
 
@@ -238,7 +251,7 @@ class OpenVocabulary:
         return self._banks[key]
 
     def logits(self, clip_image_emb: np.ndarray, bank: Bank) -> np.ndarray:
-        return head(self.run, clip_image_emb, bank)["logits"]
+        return head(self.run, clip_image_emb, bank)[LOGITS]
 
 
 def classify(model: Any, images: Any, class_names: Sequence[str] | None, templates: Sequence[str] | None,
@@ -257,7 +270,7 @@ def scores(model: Any, pixels: np.ndarray, class_names: Sequence[str] | None, te
     """(class names, logits [B, N]) for preprocessed pixels, unchecked (callers name the bad image)."""
     folded = templates is None and (class_names is None or tuple(class_names) == tuple(model.class_names))
     if folded:
-        logits = model.classify_pixels(pixels, batch_size)["logits"]
+        logits = model.classify_pixels(pixels, batch_size)[LOGITS]
         names = tuple(model.class_names)
     else:
         vocabulary = model.open_vocabulary

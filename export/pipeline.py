@@ -29,6 +29,7 @@ from typing import Any
 from mmadapter.errors import ExportError, MMAdapterError
 from mmadapter.export import onnx_io
 from mmadapter.export.defaults import DEFAULT_MAX_CLASSES, DEFAULT_PROVIDERS
+from mmadapter.export.graphs import BATCH_AXES
 from mmadapter.export.manifest import file_entry, listed_files, package_versions, seal, sha256_file, write_manifest
 from mmadapter.export.tensorrt import BatchProfile
 from mmadapter.files import first_line, remove_stale_temps, temp_name
@@ -422,7 +423,7 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
         graphs[spec.name] = {
             "description": spec.description,
             "batchable": spec.batchable,
-            "batch_inputs": [t.name for t in spec.inputs if t.batch_axis in ("batch", "text_batch")],
+            "batch_inputs": [t.name for t in spec.inputs if t.batch_axis in BATCH_AXES],
             "io": {"inputs": [t.to_dict() for t in spec.inputs], "outputs": [t.to_dict() for t in spec.outputs]},
             "files": files,
             "ort_fusions": fusions[spec.name],
@@ -478,7 +479,7 @@ def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, b
     from mmadapter.export.runtime import resolve_providers, session_options
 
     chosen = resolve_providers(providers)
-    cases = build_cases(clip, adapter, bank, meta.logit_scale, meta.label_set.templates)
+    cases = build_cases(specs, clip, adapter, bank, meta.logit_scale, meta.label_set.templates)
     # int8 graphs are also held to torch on real images that did not calibrate them.
     held_out = [holdout_case(clip, adapter, bank, meta.logit_scale, calibration.holdout)] if calibration else []
     reports = []

@@ -18,6 +18,7 @@ import numpy as np
 
 from mmadapter.errors import DataError, ExportError
 from mmadapter.export.defaults import DEFAULT_PROVIDERS  # noqa: F401 - validation's providers, re-exported
+from mmadapter.export.graphs import IMAGE_CLASSIFIER, LOGITS, PIXELS
 from mmadapter.export.manifest import read_manifest, verified_file
 from mmadapter.export.preprocess import Preprocessing, preprocess_batch
 from mmadapter.files import first_line
@@ -228,7 +229,7 @@ class ExportedModel:
                 session = make_session(path, self.device, self.intra_op_threads, batch_inputs)
             else:
                 session = Session(path, self.providers, self.intra_op_threads, batch_inputs)
-            if graph == "image_classifier":
+            if graph == IMAGE_CLASSIFIER:
                 self._check_classifier(session)
             self._sessions[key] = session
         return self._sessions[key]
@@ -262,7 +263,7 @@ class ExportedModel:
         images of the preprocessing's size: a label set of another length would mislabel."""
         outputs = {o.name: o.shape for o in session.sess.get_outputs()}
         inputs = {i.name: i.shape for i in session.sess.get_inputs()}
-        logits, pixels = outputs.get("logits"), inputs.get("pixels")
+        logits, pixels = outputs.get(LOGITS), inputs.get(PIXELS)
         name = session.path.name
         if logits is None or len(logits) != 2 or logits[1] != len(self.class_names):
             raise ExportError(f"{name} gives logits of shape {logits}, but the manifest names "
@@ -277,7 +278,7 @@ class ExportedModel:
             pixels = np.asarray(pixels, dtype=np.float32)
         except (TypeError, ValueError) as exc:
             raise DataError(f"pixels must be a float array [batch, 3, H, W]: {first_line(exc)}") from None
-        return self.session("image_classifier").run({"pixels": pixels}, batch_size)
+        return self.session(IMAGE_CLASSIFIER).run({PIXELS: pixels}, batch_size)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -3,7 +3,10 @@
 A :class:`GraphSpec` names a graph's inputs and outputs, their dtypes and symbolic axes, the torch
 module to trace and a sample-input factory. Everything downstream (export, fp16 conversion,
 validation, the manifest, TensorRT profiles, the Triton configs) reads these specs instead of
-repeating names and shapes.
+repeating names and shapes. The names themselves (graphs, axes, tensors) live in
+:mod:`mmadapter.export.graphs`, a module without torch, because the serving runtime must use them
+without importing torch; this module imports them from there and is the only place they are bound
+to modules, shapes and validation.
 
 The wrappers below trace :mod:`mmadapter.functional` (plain torch ops, the exact fast path): there
 is no (N+1)^2 attention in any graph, only single-query attention over N cached keys.
@@ -11,21 +14,41 @@ is no (N+1)^2 attention in any graph, only single-query attention over N cached 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmadapter import functional
 from mmadapter.adapter import ClassBank, MultiModalAdapter
-from mmadapter.export.open_vocab import CLIP_IMAGE_EMBEDDING
+from mmadapter.export.graphs import (  # noqa: F401 - the names, re-exported for the export side  # noqa: F401 - re-exported
+    ADAPTER_HEAD,
+    BATCH,
+    CLASS_BANK,
+    CLASS_EMBEDDING,
+    CLIP_IMAGE_EMBEDDING,
+    GRAPH_NAMES,
+    IMAGE_CLASSIFIER,
+    IMAGE_EMB,
+    IMAGE_EMBEDDING,
+    INPUT_IDS,
+    KEYS,
+    LOGITS,
+    NUM_CLASSES,
+    PIXELS,
+    TEXT_BATCH,
+    TEXT_EMB,
+    TEXT_EMBEDDING,
+    TEXT_ENCODER,
+    TOLERANCES,
+    VALUES,
+    Tolerance,
+)
 
-# Symbolic axis names, shared with the manifest, TensorRT profiles and Triton configs.
-BATCH = "batch"
-TEXT_BATCH = "text_batch"
-NUM_CLASSES = "num_classes"
 MAX_DIM = 1 << 16  # upper bound for torch.export's dynamic dims; real limits come from TensorRT profiles
 # Traced batch size; validation runs at other sizes, since a graph traced at one size can silently keep
 # it (docs/design.md §6.1).
@@ -49,6 +72,42 @@ class TensorSpec:
 
 
 @dataclass
+class Case:
+    """One call of a graph: numpy inputs and the torch model's outputs."""
+
+    label: str
+    inputs: dict[str, np.ndarray]
+    expected: dict[str, np.ndarray]
+
+
+@dataclass
+class Reference:
+    """The torch model on the validation inputs, computed once (``validate.build_cases``); each spec's
+    ``cases`` cuts its own cases from it, one per batch size."""
+
+    batch_sizes: Sequence[int]
+    adapter: MultiModalAdapter
+    bank: ClassBank  # the checkpoint's label set
+    logit_scale: float
+    pixels: torch.Tensor  # real preprocessed images
+    image_emb: torch.Tensor  # CLIP's unit-norm image embeddings of ``pixels``
+    output: Any  # adapter(image_emb, bank, logit_scale)
+    tokens: torch.Tensor  # token ids of prompts
+    text_emb: torch.Tensor  # CLIP's unit-norm text embeddings of ``tokens``
+
+    def split(self, t: torch.Tensor) -> list[torch.Tensor]:
+        out, start = [], 0
+        for s in self.batch_sizes:
+            out.append(t[start:start + s])
+            start += s
+        return out
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().float().numpy()
+
+
+@dataclass
 class GraphSpec:
     """What to export for one graph and how to call it."""
 
@@ -65,6 +124,9 @@ class GraphSpec:
     # tower runs once per label set and lost more (cosine 0.9997 on the tiny test model), and the
     # adapter graphs are small and feed the logits directly.
     int8_scopes: tuple[str, ...] = ()
+    # Validation: the cases (inputs and the torch model's outputs) and the tolerance per precision.
+    cases: Callable[[Reference], list[Case]] | None = None
+    tolerances: Mapping[str, Tolerance] = field(default_factory=lambda: TOLERANCES)
 
     def dynamic_shapes(self) -> tuple[dict[int, torch.export.Dim], ...]:
         """torch.export dims, one Dim object per axis name so that equal names are tied."""
@@ -154,6 +216,40 @@ class AdapterHead(nn.Module):
         return logits, v_adapted
 
 
+def _classifier_cases(ref: Reference) -> list[Case]:
+    return [Case(f"{BATCH} {b}", {PIXELS: _np(px)},
+                 {LOGITS: _np(lg), IMAGE_EMBEDDING: _np(emb), CLIP_IMAGE_EMBEDDING: _np(raw)})
+            for b, px, lg, emb, raw in zip(ref.batch_sizes, ref.split(ref.pixels), ref.split(ref.output.logits),
+                                           ref.split(ref.output.image_emb), ref.split(ref.image_emb))]
+
+
+def _text_cases(ref: Reference) -> list[Case]:
+    return [Case(f"text batch {b}", {INPUT_IDS: tok.numpy().astype(np.int64)}, {TEXT_EMBEDDING: _np(emb)})
+            for b, tok, emb in zip(ref.batch_sizes, ref.split(ref.tokens), ref.split(ref.text_emb))]
+
+
+def _bank_cases(ref: Reference) -> list[Case]:
+    """Class banks of other sizes than the checkpoint's label set: the open-vocabulary path."""
+    cases = []
+    for n, emb in zip(ref.batch_sizes, ref.split(ref.text_emb)):
+        new_bank = ref.adapter.class_bank(emb)
+        cases.append(Case(f"{NUM_CLASSES} {n}", {CLASS_EMBEDDING: _np(emb)},
+                          {TEXT_EMB: _np(new_bank.text_emb), KEYS: _np(new_bank.keys), VALUES: _np(new_bank.values)}))
+    return cases
+
+
+def _head_cases(ref: Reference) -> list[Case]:
+    banks = [ref.bank, ref.adapter.class_bank(ref.text_emb[:3]), ref.adapter.class_bank(ref.text_emb)]
+    cases = []
+    for b, emb_b, cb in zip(ref.batch_sizes, ref.split(ref.image_emb), banks):
+        head = ref.adapter(emb_b, cb, ref.logit_scale)
+        cases.append(Case(
+            f"{BATCH} {b}, {NUM_CLASSES} {cb.num_classes}",
+            {IMAGE_EMB: _np(emb_b), TEXT_EMB: _np(cb.text_emb), KEYS: _np(cb.keys), VALUES: _np(cb.values)},
+            {LOGITS: _np(head.logits), IMAGE_EMBEDDING: _np(head.image_emb)}))
+    return cases
+
+
 def build_specs(
     clip_model: nn.Module,
     adapter: MultiModalAdapter,
@@ -192,50 +288,54 @@ def build_specs(
     f32 = "float32"
     return [
         GraphSpec(
-            "image_classifier",
+            IMAGE_CLASSIFIER,
             ImageClassifier(clip_model, adapter, bank, logit_scale).eval(),
-            (TensorSpec("pixels", f32, (BATCH, 3, h, w)),),
-            (TensorSpec("logits", f32, (BATCH, n)), TensorSpec("image_embedding", f32, (BATCH, c)),
+            (TensorSpec(PIXELS, f32, (BATCH, 3, h, w)),),
+            (TensorSpec(LOGITS, f32, (BATCH, n)), TensorSpec(IMAGE_EMBEDDING, f32, (BATCH, c)),
              TensorSpec(CLIP_IMAGE_EMBEDDING, f32, (BATCH, c))),
             pixels,
             "preprocessed pixels -> logits over the checkpoint's label set, the adapted image embedding and "
             "CLIP's unit-norm image embedding (adapter_head's input for any other label set)",
             int8_scopes=("visual.transformer",),
+            cases=_classifier_cases,
         ),
         GraphSpec(
-            "text_encoder",
+            TEXT_ENCODER,
             TextEncoder(clip_model).eval(),
-            (TensorSpec("input_ids", "int64", (TEXT_BATCH, context_length)),),
-            (TensorSpec("text_embedding", f32, (TEXT_BATCH, c)),),
+            (TensorSpec(INPUT_IDS, "int64", (TEXT_BATCH, context_length)),),
+            (TensorSpec(TEXT_EMBEDDING, f32, (TEXT_BATCH, c)),),
             tokens,
             "CLIP token ids -> unit-norm text embeddings",
+            cases=_text_cases,
         ),
         GraphSpec(
-            "class_bank",
+            CLASS_BANK,
             ClassBankBuilder(adapter).eval(),
-            (TensorSpec("class_embedding", f32, (NUM_CLASSES, c)),),
+            (TensorSpec(CLASS_EMBEDDING, f32, (NUM_CLASSES, c)),),
             (
-                TensorSpec("text_emb", f32, (NUM_CLASSES, c)),
-                TensorSpec("keys", f32, (NUM_CLASSES, d)),
-                TensorSpec("values", f32, (NUM_CLASSES, d)),
+                TensorSpec(TEXT_EMB, f32, (NUM_CLASSES, c)),
+                TensorSpec(KEYS, f32, (NUM_CLASSES, d)),
+                TensorSpec(VALUES, f32, (NUM_CLASSES, d)),
             ),
             embeddings,
             "class embeddings (mean over prompt templates) -> class bank for adapter_head",
             batchable=False,
+            cases=_bank_cases,
         ),
         GraphSpec(
-            "adapter_head",
+            ADAPTER_HEAD,
             AdapterHead(adapter, logit_scale).eval(),
             (
-                TensorSpec("image_emb", f32, (BATCH, c)),
-                TensorSpec("text_emb", f32, (NUM_CLASSES, c)),
-                TensorSpec("keys", f32, (NUM_CLASSES, d)),
-                TensorSpec("values", f32, (NUM_CLASSES, d)),
+                TensorSpec(IMAGE_EMB, f32, (BATCH, c)),
+                TensorSpec(TEXT_EMB, f32, (NUM_CLASSES, c)),
+                TensorSpec(KEYS, f32, (NUM_CLASSES, d)),
+                TensorSpec(VALUES, f32, (NUM_CLASSES, d)),
             ),
-            (TensorSpec("logits", f32, (BATCH, NUM_CLASSES)), TensorSpec("image_embedding", f32, (BATCH, c))),
+            (TensorSpec(LOGITS, f32, (BATCH, NUM_CLASSES)), TensorSpec(IMAGE_EMBEDDING, f32, (BATCH, c))),
             head_inputs,
             "image embeddings + class bank of any size -> logits and adapted image embedding",
             # The class bank has no batch axis, so Triton must not batch requests for this model.
             batchable=False,
+            cases=_head_cases,
         ),
     ]

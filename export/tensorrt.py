@@ -23,6 +23,7 @@ from typing import Any
 
 from mmadapter.errors import ExportError
 from mmadapter.export.defaults import DEFAULT_PROFILE
+from mmadapter.export.graphs import NUM_CLASSES
 from mmadapter.files import atomic_write_bytes, atomic_write_text
 
 
@@ -126,7 +127,7 @@ def _profile_shapes(inputs: list[dict[str, Any]], profile: BatchProfile, class_r
         for dim in spec["shape"]:
             if isinstance(dim, int):
                 mins.append(dim), opts.append(dim), maxs.append(dim)
-            elif dim == "num_classes":
+            elif dim == NUM_CLASSES:
                 mins.append(class_range[0]), opts.append(class_range[1]), maxs.append(class_range[2])
             else:
                 mins.append(profile.min), opts.append(profile.opt), maxs.append(profile.max)

@@ -4,9 +4,11 @@ Every check runs and every failure is collected before anything is reported (nam
 dtypes first, then values). Values are compared against the *torch model* (open_clip's encoders
 and :class:`MultiModalAdapter` with a class bank), not against the wrapper that was traced, on
 real preprocessed images made here (PIL images through the model's own preprocess), at batch sizes
-other than the exported one. Thresholds (docs/design.md §6.5 and §8.2): embedding cosine >= 0.99999 in fp32
-and >= 0.999 in fp16; top-1 identical on >= 99.9% of inputs. int8 graphs (opt-in, CPU serving) are
-held to the fp16 cosine, and their top-1 check skips near ties (see :data:`TIE_MARGIN`).
+other than the exported one. The cases and the thresholds come from each graph's spec
+(``GraphSpec.cases``, ``GraphSpec.tolerances``: the table ``graphs.TOLERANCES``, docs/design.md §6.5
+and §8.2): embedding cosine >= 0.99999 in fp32 and >= 0.999 in fp16; top-1 identical on >= 99.9% of
+inputs. int8 graphs (opt-in, CPU serving) are held to the fp16 cosine, and their top-1 check skips
+near ties.
 """
 
 from __future__ import annotations
@@ -22,28 +24,29 @@ import torch
 
 from mmadapter.adapter import ClassBank, MultiModalAdapter
 from mmadapter.backbone import FrozenClip, format_prompt
-from mmadapter.export.open_vocab import CLIP_IMAGE_EMBEDDING, OpenVocabulary, head
-from mmadapter.export.specs import EXPORT_BATCH, GraphSpec
+from mmadapter.export.graphs import (
+    CLIP_IMAGE_EMBEDDING,
+    IMAGE_CLASSIFIER,
+    IMAGE_EMBEDDING,
+    KEYS,
+    LOGITS,
+    PIXELS,
+    TEXT_EMB,
+    TOLERANCES,
+    TOP1_MIN,
+    VALUES,
+    Tolerance,
+)
+from mmadapter.export.open_vocab import OpenVocabulary, head
+from mmadapter.export.specs import EXPORT_BATCH, Case, GraphSpec, Reference
 from mmadapter.export.tokenizer import ClipTokenizer
 from mmadapter.labels import check_class_names
 
 VALIDATION_BATCHES = (1, 3, 17)
-COSINE_MIN = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.999}
-TOP1_MIN = 0.999
-# int8 moves CLIP-scale logits by ~0.1-0.2 (ViT-B-16, measured), so an input on which torch's best two
-# classes lie closer than this share of the largest |logit| (0.5 of 100) is a near tie: a flip there
-# is counted in ``near_ties``, not failed. fp32/fp16 count every input.
-TIE_MARGIN = {"fp32": 0.0, "fp16": 0.0, "int8": 0.005}
-LOGITS_ATOL_FP32 = 1e-4  # relative to the largest reference logit (CLIP's scale makes them ~100)
-
-
-@dataclass
-class Case:
-    """One call of a graph: numpy inputs and the torch model's outputs."""
-
-    label: str
-    inputs: dict[str, np.ndarray]
-    expected: dict[str, np.ndarray]
+# Views of graphs.TOLERANCES (the one table), for tests and benchmarks; change the table, not these.
+COSINE_MIN = {p: t.cosine_min for p, t in TOLERANCES.items()}
+TIE_MARGIN = {p: t.tie_margin for p, t in TOLERANCES.items()}
+LOGITS_ATOL_FP32 = TOLERANCES["fp32"].logits_atol
 
 
 @dataclass
@@ -56,6 +59,11 @@ class GraphReport:
     top1_agreement: float | None = None
     near_ties: int = 0
     batch_sizes: list[int] = field(default_factory=list)
+    tolerance: Tolerance | None = None  # None: TOLERANCES[precision]
+
+    def __post_init__(self) -> None:
+        if self.tolerance is None:
+            self.tolerance = TOLERANCES[self.precision]
 
     @property
     def passed(self) -> bool:
@@ -66,8 +74,8 @@ class GraphReport:
             "file": self.file, "precision": self.precision, "passed": self.passed, "failures": self.failures,
             "min_cosine": self.min_cosine, "max_abs_diff": self.max_abs_diff,
             "top1_agreement": self.top1_agreement, "near_ties": self.near_ties, "batch_sizes": self.batch_sizes,
-            "thresholds": {"cosine": COSINE_MIN[self.precision], "top1": TOP1_MIN,
-                           "tie_margin": TIE_MARGIN[self.precision]},
+            "thresholds": {"cosine": self.tolerance.cosine_min, "top1": TOP1_MIN,
+                           "tie_margin": self.tolerance.tie_margin},
         }
 
 
@@ -121,6 +129,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def build_cases(
+    specs: Sequence[GraphSpec],
     clip: FrozenClip,
     adapter: MultiModalAdapter,
     bank: ClassBank,
@@ -128,7 +137,7 @@ def build_cases(
     templates: Sequence[str],
     batch_sizes: Sequence[int] = VALIDATION_BATCHES,
 ) -> dict[str, list[Case]]:
-    """Validation cases per graph name, with expected outputs from the torch model."""
+    """Validation cases per graph name (each spec's ``cases``), with expected outputs from the torch model."""
     if EXPORT_BATCH in batch_sizes:
         raise ValueError(f"validate at batch sizes other than the exported one ({EXPORT_BATCH})")
     total = sum(batch_sizes)
@@ -136,36 +145,14 @@ def build_cases(
     pixels = torch.stack([clip.preprocess(img) for img in sample_images(total)])
     image_emb = clip.encode_images(pixels)
     out = adapter(image_emb, bank, logit_scale)
-    cases: dict[str, list[Case]] = {"image_classifier": [], "text_encoder": [], "class_bank": [], "adapter_head": []}
-    for b, px, lg, emb, raw in zip(batch_sizes, _split(pixels, batch_sizes), _split(out.logits, batch_sizes),
-                                   _split(out.image_emb, batch_sizes), _split(image_emb, batch_sizes)):
-        cases["image_classifier"].append(
-            Case(f"batch {b}", {"pixels": _np(px)}, {"logits": _np(lg), "image_embedding": _np(emb),
-                                                     CLIP_IMAGE_EMBEDDING: _np(raw)}))
 
     names = list(bank.class_names) or [f"class {i}" for i in range(bank.num_classes)]
     prompts = [format_prompt(t, c) for t in templates for c in names]
     prompts += [f"a photo of thing number {i}, which is {'very ' * (i % 4)}odd." for i in range(total)]
     tokens = clip.tokenizer(prompts[:total])
     text_emb = clip.encode_texts(prompts[:total])
-    for b, tok, emb in zip(batch_sizes, _split(tokens, batch_sizes), _split(text_emb, batch_sizes)):
-        cases["text_encoder"].append(
-            Case(f"text batch {b}", {"input_ids": tok.numpy().astype(np.int64)}, {"text_embedding": _np(emb)}))
-
-    # Class banks of other sizes than the checkpoint's label set: the open-vocabulary path.
-    for n, emb in zip(batch_sizes, _split(text_emb, batch_sizes)):
-        new_bank = adapter.class_bank(emb)
-        cases["class_bank"].append(Case(
-            f"num_classes {n}", {"class_embedding": _np(emb)},
-            {"text_emb": _np(new_bank.text_emb), "keys": _np(new_bank.keys), "values": _np(new_bank.values)}))
-    banks = [bank, adapter.class_bank(text_emb[:3]), adapter.class_bank(text_emb)]
-    for b, emb_b, cb in zip(batch_sizes, _split(image_emb, batch_sizes), banks):
-        head = adapter(emb_b, cb, logit_scale)
-        cases["adapter_head"].append(Case(
-            f"batch {b}, num_classes {cb.num_classes}",
-            {"image_emb": _np(emb_b), "text_emb": _np(cb.text_emb), "keys": _np(cb.keys), "values": _np(cb.values)},
-            {"logits": _np(head.logits), "image_embedding": _np(head.image_emb)}))
-    return cases
+    ref = Reference(batch_sizes, adapter, bank, logit_scale, pixels, image_emb, out, tokens, text_emb)
+    return {spec.name: spec.cases(ref) if spec.cases is not None else [] for spec in specs}
 
 
 def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -198,7 +185,7 @@ def validate_graph(
     session_factory: Callable[[Path], Any],
 ) -> GraphReport:
     """Run every case through an ONNX Runtime session and collect every failure."""
-    report = GraphReport(path.name, precision)
+    report = GraphReport(path.name, precision, tolerance=spec.tolerances[precision])
     fail = report.failures.append
     try:
         sess = session_factory(path)
@@ -238,8 +225,8 @@ def _compare(report: GraphReport, what: str, label: str, got: dict[str, np.ndarr
     """Outputs ``got`` against torch's ``expected`` at ``report.precision``'s thresholds; failures and the
     worst cosine and abs diff go into ``report``, top-1 counts (agreeing, decisive) into ``tally``."""
     fail = report.failures.append
-    precision = report.precision
-    thr = COSINE_MIN[precision]
+    tol = report.tolerance
+    thr = tol.cosine_min
     for name, ref in expected.items():
         out = got[name]
         if out.shape != ref.shape:
@@ -252,14 +239,14 @@ def _compare(report: GraphReport, what: str, label: str, got: dict[str, np.ndarr
             continue
         diff = float(np.abs(out.astype(np.float64) - ref).max())
         report.max_abs_diff[name] = max(report.max_abs_diff.get(name, 0.0), diff)
-        if name == "logits":
-            decisive = _top2_margin(ref) > TIE_MARGIN[precision] * max(1.0, float(np.abs(ref).max()))
+        if name == LOGITS:
+            decisive = _top2_margin(ref) > tol.tie_margin * max(1.0, float(np.abs(ref).max()))
             report.near_ties += int((~decisive).sum())
             tally[0] += int((out.argmax(-1) == ref.argmax(-1))[decisive].sum())
             tally[1] += int(decisive.sum())
-            tol = LOGITS_ATOL_FP32 * max(1.0, float(np.abs(ref).max()))
-            if precision == "fp32" and diff > tol:
-                fail(f"{what} [{label}]: logits differ from torch by {diff:.3g} > {tol:.3g}")
+            atol = None if tol.logits_atol is None else tol.logits_atol * max(1.0, float(np.abs(ref).max()))
+            if atol is not None and diff > atol:
+                fail(f"{what} [{label}]: logits differ from torch by {diff:.3g} > {atol:.3g}")
             continue
         cos = float(_row_cosines(out, ref).min())
         report.min_cosine[name] = min(report.min_cosine.get(name, math.inf), cos)
@@ -325,13 +312,13 @@ def validate_open_vocabulary(
     tokens_match = bool((tokenizer(prompts) == clip.tokenizer(prompts).numpy()).all())
     width = (int(ref_bank.text_emb.shape[1]), int(ref_bank.keys.shape[1]))
     reports = []
-    for precision in graphs["image_classifier"]["files"]:
+    for precision in graphs[IMAGE_CLASSIFIER]["files"]:
         text_precision = "fp32" if precision == "int8" else precision
         sessions: dict[str, Any] = {}
 
         def run(graph: str, feeds: dict[str, np.ndarray], precision: str = precision,
                 text_precision: str = text_precision, sessions: dict[str, Any] = sessions) -> dict[str, np.ndarray]:
-            file = graphs[graph]["files"][precision if graph == "image_classifier" else text_precision]["ort"]
+            file = graphs[graph]["files"][precision if graph == IMAGE_CLASSIFIER else text_precision]["ort"]
             if file not in sessions:
                 sessions[file] = session_factory(folder / file)
             sess = sessions[file]
@@ -344,15 +331,14 @@ def validate_open_vocabulary(
         tally = [0, 0]
         try:
             bank = OpenVocabulary(tokenizer, run, templates, "validation", precision, None, width).bank(names)
-            _compare(report, what, "class bank", {"text_emb": bank.text_emb, "keys": bank.keys, "values": bank.values},
-                     {"text_emb": _np(ref_bank.text_emb), "keys": _np(ref_bank.keys),
-                      "values": _np(ref_bank.values)}, tally)
+            _compare(report, what, "class bank", bank.feeds,
+                     {TEXT_EMB: _np(ref_bank.text_emb), KEYS: _np(ref_bank.keys), VALUES: _np(ref_bank.values)}, tally)
             for b, px, lg, emb in zip(batch_sizes, _split(pixels, batch_sizes), _split(ref.logits, batch_sizes),
                                       _split(ref.image_emb, batch_sizes)):
                 report.batch_sizes.append(b)
-                raw = run("image_classifier", {"pixels": _np(px)})[CLIP_IMAGE_EMBEDDING]
+                raw = run(IMAGE_CLASSIFIER, {PIXELS: _np(px)})[CLIP_IMAGE_EMBEDDING]
                 got = head(run, raw, bank)
-                _compare(report, what, f"batch {b}", got, {"logits": _np(lg), "image_embedding": _np(emb)}, tally)
+                _compare(report, what, f"batch {b}", got, {LOGITS: _np(lg), IMAGE_EMBEDDING: _np(emb)}, tally)
         except Exception as exc:  # noqa: BLE001 - a failure anywhere on the path is a failure to report
             report.failures.append(f"{what}: run failed ({str(exc).splitlines()[0] if str(exc) else exc})")
         _check_top1(report, what, tally)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mmadapter.errors import ExportError
+from mmadapter.export.graphs import GRAPH_NAMES, IMAGE_CLASSIFIER
 from mmadapter.export.manifest import read_manifest, verified_file
 from mmadapter.files import atomic_write_text, first_line, sha256_file, temp_name
 from mmadapter.images import MAX_ASPECT_RATIO, MAX_PIXELS, MAX_RESIZED_PIXELS
@@ -51,7 +52,6 @@ ASSETS = ("index.html", "app.js", "style.css")
 ASSET_DIR = Path(__file__).with_name("web_assets")
 WEB_MARKER = "model.json"  # written last: a folder holding it is an earlier web folder, safe to replace
 WEB_FORMAT = "mmadapter-web"
-GRAPHS = ("image_classifier", "text_encoder", "class_bank", "adapter_head")
 PRECISIONS = ("fp32", "fp16", "int8")
 KINDS = ("portable", "ort")  # not "openvino": onnxruntime-web reads ONNX files only
 
@@ -65,11 +65,11 @@ class WebResult:
 
     @property
     def model_bytes(self) -> int:
-        return int(self.graphs["image_classifier"]["bytes"])
+        return int(self.graphs[IMAGE_CLASSIFIER]["bytes"])
 
     def summary(self) -> str:
-        g = self.graphs["image_classifier"]
-        text = sum(v["bytes"] for k, v in self.graphs.items() if k != "image_classifier")
+        g = self.graphs[IMAGE_CLASSIFIER]
+        text = sum(v["bytes"] for k, v in self.graphs.items() if k != IMAGE_CLASSIFIER)
         extra = f", text graphs for new label sets {text / 1e6:.2f} MB" if text else ""
         return (f"wrote the web page to {self.out_dir}: image classifier {g['file']} ({g['precision']}, "
                 f"{g['bytes'] / 1e6:.2f} MB){extra}, onnxruntime-web {self.ort_web_version}; "
@@ -234,12 +234,12 @@ def write_web(export_dir: str | Path, out_dir: str | Path, ort_web: str | Path |
     _check_destination(out, export_dir)
     manifest = read_manifest(export_dir)
     _check_validated(export_dir, manifest)
-    graphs = {g: choose_graph(export_dir, manifest, g) for g in GRAPHS if g in manifest["graphs"]}
-    if "image_classifier" not in graphs:
-        raise ExportError(f"{export_dir} has no image_classifier graph")
+    graphs = {g: choose_graph(export_dir, manifest, g) for g in GRAPH_NAMES if g in manifest["graphs"]}
+    if IMAGE_CLASSIFIER not in graphs:
+        raise ExportError(f"{export_dir} has no {IMAGE_CLASSIFIER} graph")
     tokenizer_file = manifest.get("tokenizer", {}).get("file")
-    if not isinstance(tokenizer_file, str) or any(g not in graphs for g in GRAPHS):
-        graphs = {"image_classifier": graphs["image_classifier"]}  # the folded label set only
+    if not isinstance(tokenizer_file, str) or any(g not in graphs for g in GRAPH_NAMES):
+        graphs = {IMAGE_CLASSIFIER: graphs[IMAGE_CLASSIFIER]}  # the folded label set only
         tokenizer_file = None
     sources = {v["file"]: verified_file(export_dir, manifest, v["file"]) for v in graphs.values()}
     if tokenizer_file:

@@ -13,6 +13,7 @@ import pytest
 from mmadapter import cli as mmadapter_cli
 from mmadapter.errors import ExportError
 from mmadapter.export import cli, onnx_io, validate
+from mmadapter.export.graphs import TOLERANCES
 from mmadapter.export.preprocess import Preprocessing, preprocess_batch
 from mmadapter.export.runtime import PROVIDER_ORDER, ExportedModel, classify_images
 from mmadapter.export.specs import TensorSpec
@@ -137,7 +138,7 @@ def test_near_tie_rule(precision: str, ties: int, fails: bool) -> None:
     ref = np.array([[100.0, 99.9, 10.0], [100.0, 50.0, 10.0]], dtype=np.float32)
     got = np.array([[99.9, 100.0, 10.0], [100.0, 50.0, 10.0]], dtype=np.float32)
     spec = type("S", (), {"inputs": (TensorSpec("x", "float32", ("batch", 2)),),
-                          "outputs": (TensorSpec("logits", "float32", ("batch", 3)),)})()
+                          "outputs": (TensorSpec("logits", "float32", ("batch", 3)),), "tolerances": TOLERANCES})()
     case = Case("two rows", {"x": np.zeros((2, 2), np.float32)}, {"logits": ref})
     report = validate_graph(Path("g.onnx"), spec, [case], precision, lambda p: _FakeSession([got]))
     assert report.near_ties == ties

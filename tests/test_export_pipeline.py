@@ -4,6 +4,7 @@ one, the graph structure (no (N+1)^2 attention, named dynamic axes), and bad inp
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -20,7 +21,8 @@ import torch
 
 import mmadapter
 from mmadapter.errors import ExportError
-from mmadapter.export import cli, onnx_io, validate
+from mmadapter.export import cli, onnx_io
+from mmadapter.export.graphs import TOLERANCES
 from mmadapter.export.validate import COSINE_MIN, sample_images
 
 from export_fixtures import CLASS_NAMES, ExportBundle, copying_exporter
@@ -379,7 +381,8 @@ def test_validation_failure_leaves_old_export_untouched(exported: ExportBundle, 
     export_graph, optimize = copying_exporter(exported)
     monkeypatch.setattr(onnx_io, "export_graph", export_graph)
     monkeypatch.setattr(onnx_io, "optimize_for_ort", optimize)
-    monkeypatch.setitem(validate.COSINE_MIN, "fp32", 1.5)  # impossible: every embedding check fails
+    impossible = dataclasses.replace(TOLERANCES["fp32"], cosine_min=1.5)  # every embedding check fails
+    monkeypatch.setitem(TOLERANCES, "fp32", impossible)
     out, repo = tmp_path / "out", tmp_path / "repo"
     shutil.copytree(exported.out_dir, out)  # a previous export, which --overwrite may replace
     before = {p.name: p.read_bytes() for p in out.iterdir()}

@@ -15,6 +15,7 @@ import pytest
 from mmadapter import cli
 from mmadapter.errors import ExportError
 from mmadapter.export import web
+from mmadapter.export.graphs import GRAPH_NAMES
 from mmadapter.files import sha256_file
 
 from export_fixtures import make_checkpoint
@@ -68,7 +69,7 @@ def test_smallest_validated_graph_is_chosen(web_export: Path) -> None:
     """The page gets the smallest ONNX file of each graph among those the export validated (fp16 here
     for the image classifier: half the bytes of fp32), never an OpenVINO or foreign file."""
     manifest = json.loads((web_export / "manifest.json").read_text())
-    for graph in web.GRAPHS:
+    for graph in GRAPH_NAMES:
         chosen = web.choose_graph(web_export, manifest, graph)
         files = manifest["graphs"][graph]["files"]
         sizes = [manifest["files"][n]["bytes"] for p in files.values() for k, n in p.items() if k in web.KINDS]
