@@ -23,9 +23,11 @@ import mmadapter
 from mmadapter.errors import ExportError
 from mmadapter.export import cli, onnx_io
 from mmadapter.export.graphs import TOLERANCES
-from mmadapter.export.validate import COSINE_MIN, sample_images
+from mmadapter.export.validate import sample_images
 
 from export_fixtures import CLASS_NAMES, ExportBundle, copying_exporter
+from tolerances import EXPORT_COSINE_MIN as COSINE_MIN
+from tolerances import min_cosine
 
 GRAPHS = ("image_classifier", "text_encoder", "class_bank", "adapter_head")
 SUFFIXES = (".onnx", ".ort.onnx", ".fp16.onnx", ".fp16.ort.onnx")
@@ -59,11 +61,6 @@ def opset_of(path: Path) -> int:
 
 def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
 def _pixels(bundle: ExportBundle, count: int, seed: int) -> torch.Tensor:
@@ -216,9 +213,9 @@ def test_image_classifier_matches_torch(exported: ExportBundle, batch: int) -> N
                                                                                       {"pixels": pixels.numpy()})
         assert logits.shape == (batch, N) and emb.shape == (batch, exported.clip.embed_dim)
         assert logits.dtype == np.float32 and emb.dtype == np.float32
-        cos = _cosines(emb, ref_emb).min()
+        cos = min_cosine(emb, ref_emb)
         assert cos >= COSINE_MIN[precision], f"{suffix}: cosine {cos:.8f}"
-        assert _cosines(logits, ref_logits).min() >= COSINE_MIN[precision], suffix
+        assert min_cosine(logits, ref_logits) >= COSINE_MIN[precision], suffix
         np.testing.assert_array_equal(logits.argmax(-1), ref_logits.argmax(-1), err_msg=suffix)
         if precision == "fp32":
             np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=1e-4 * np.abs(ref_logits).max())
@@ -244,7 +241,7 @@ def test_adapter_head_with_a_new_label_set(exported: ExportBundle, num_classes: 
         feeds = {"image_emb": image_emb.numpy(), "text_emb": text_emb, "keys": keys, "values": values}
         logits, emb = _session(exported.out_dir / f"adapter_head{suffix}").run(None, feeds)
         assert logits.shape == (5, num_classes)
-        assert _cosines(emb, ref.image_emb.numpy()).min() >= COSINE_MIN[precision], suffix
+        assert min_cosine(emb, ref.image_emb.numpy()) >= COSINE_MIN[precision], suffix
         np.testing.assert_array_equal(logits.argmax(-1), ref.logits.numpy().argmax(-1), err_msg=suffix)
         if precision == "fp32":
             np.testing.assert_allclose(logits, ref.logits.numpy(), rtol=0, atol=1e-4 * ref.logits.abs().max().item())
@@ -260,7 +257,7 @@ def test_text_encoder_matches_clip(exported: ExportBundle, batch: int) -> None:
         precision = "fp16" if "fp16" in suffix else "fp32"
         (emb,) = _session(exported.out_dir / f"text_encoder{suffix}").run(None, {"input_ids": ids})
         assert emb.shape == ref.shape
-        assert _cosines(emb, ref).min() >= COSINE_MIN[precision], suffix
+        assert min_cosine(emb, ref) >= COSINE_MIN[precision], suffix
         np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, atol=1e-3)
 
 

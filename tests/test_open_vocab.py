@@ -21,9 +21,11 @@ from mmadapter.export import validate as validate_module
 from mmadapter.export.open_vocab import CLIP_IMAGE_EMBEDDING, BankCache
 from mmadapter.export.pipeline import export_checkpoint
 from mmadapter.export.runtime import ExportedModel, classify_images
-from mmadapter.export.validate import COSINE_MIN, LOGITS_ATOL_FP32, sample_images
+from mmadapter.export.validate import LOGITS_ATOL_FP32, sample_images
 
 from export_fixtures import CLASS_NAMES, ExportBundle, copying_exporter
+from tolerances import EXPORT_COSINE_MIN as COSINE_MIN
+from tolerances import min_cosine
 
 NEW_CLASSES = ("zebra", "lighthouse", "Café crème", "rock &amp; roll", "x-ray machine")
 
@@ -50,11 +52,6 @@ def _torch_logits(bundle: ExportBundle, pixels: np.ndarray, names, templates=Non
         emb = bundle.clip.encode_images(torch.from_numpy(pixels))
         bank = bundle.adapter.class_bank(bundle.clip.class_embeddings(list(names), templates), list(names))
         return bundle.adapter(emb, bank, bundle.meta.logit_scale).logits.double().numpy()
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
 # The export: tokenizer file, raw embedding output, validation of the open-vocabulary path --------------
@@ -89,7 +86,7 @@ def test_clip_image_embedding_matches_open_clip(exported: ExportBundle, pixels: 
     for precision in ("fp32", "fp16", "int8"):
         model = ExportedModel(exported.out_dir, precision=precision)
         raw = model.classify_pixels(pixels)[CLIP_IMAGE_EMBEDDING]
-        assert _cosines(raw, ref).min() >= COSINE_MIN[precision], precision
+        assert min_cosine(raw, ref) >= COSINE_MIN[precision], precision
         np.testing.assert_allclose(np.linalg.norm(raw, axis=-1), 1.0, atol=1e-3)
 
 
@@ -107,7 +104,7 @@ def test_new_label_set_logits_match_torch(exported: ExportBundle, pixels: np.nda
         tol = LOGITS_ATOL_FP32 * max(1.0, np.abs(ref).max())
         np.testing.assert_allclose(got.logits, ref, rtol=0, atol=tol)
     else:
-        assert _cosines(got.logits, ref).min() >= COSINE_MIN["fp16"]
+        assert min_cosine(got.logits, ref) >= COSINE_MIN["fp16"]
     top2 = np.sort(ref, axis=-1)[:, -2:]
     assert (top2[:, 1] - top2[:, 0] > 1e-3).all()  # decisive rows, so top-1 must agree
     assert (got.logits.argmax(-1) == ref.argmax(-1)).all()

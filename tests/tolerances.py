@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from mmadapter.export.graphs import TOLERANCES as EXPORT_TOLERANCES
+
 # Max abs difference of fp32 logits (CLIP's scale, ~100) from reference.py: two summation orders differ by
 # ~1e-5; any formula error moves logits by 1e-2 or more.
 LOGIT_ATOL_FP32 = 1e-4
@@ -30,6 +32,11 @@ SCALAR_GRAD_RTOL = 1e-4
 LOW_PRECISION_FACTOR = 2.0
 LOW_PRECISION_LOGIT_ATOL = 2e-2
 LOW_PRECISION_EMB_ATOL = 2e-3
+
+
+# The export's validation thresholds are the product's own, defined once (mmadapter/export/graphs.py);
+# tests of exported graphs compare against the same table.
+EXPORT_COSINE_MIN = {precision: t.cosine_min for precision, t in EXPORT_TOLERANCES.items()}
 
 
 def _float64(x: Any) -> torch.Tensor:
