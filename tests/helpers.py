@@ -61,3 +61,13 @@ def train_with_cli(root: Path, classes: list[str], per_class: int, epochs: int) 
                    "--cache-dir", str(root / "cache"), "--no-progress"])
     assert rc == 0, "mmadapter train failed"
     return {"root": root, "data": data, "weights": Path(str(spec.weights_path)), "checkpoint": ckpt}
+
+
+def write_sample_images(folder: Path, count: int, seed: int) -> Path:
+    """The export validation's varied sample images (sizes, modes, patterns) as PNG files in ``folder``."""
+    from mmadapter.export.validate import sample_images
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(sample_images(count, seed=seed)):
+        img.save(folder / f"img{i}.png")
+    return folder

@@ -24,6 +24,7 @@ from mmadapter.export.runtime import ExportedModel, classify_images
 from mmadapter.export.validate import LOGITS_ATOL_FP32, sample_images
 
 from export_fixtures import CLASS_NAMES, ExportBundle, copying_exporter
+from helpers import write_sample_images
 from tolerances import EXPORT_COSINE_MIN as COSINE_MIN
 from tolerances import min_cosine
 
@@ -251,10 +252,7 @@ def test_wrong_open_vocabulary_path_fails_the_export(exported: ExportBundle, tmp
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("images")
-    for i, img in enumerate(sample_images(4, seed=11)):
-        img.save(folder / f"img{i}.png")
-    return folder
+    return write_sample_images(tmp_path_factory.mktemp("images"), 4, seed=11)
 
 
 def test_predict_onnx_classes_list_and_file(exported: ExportBundle, image_folder: Path, tmp_path: Path,

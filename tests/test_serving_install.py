@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from mmadapter.export.validate import sample_images
-
 from export_fixtures import CLASS_NAMES, ExportBundle
+from helpers import write_sample_images
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING_ONLY = ("torch", "torchvision", "open_clip", "triton", "safetensors", "tqdm", "onnx", "onnxscript")
@@ -65,10 +64,7 @@ def test_base_and_runtime_installs_name_no_torch() -> None:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("serving-images")
-    for i, img in enumerate(sample_images(3, seed=4)):
-        img.save(folder / f"{i}.png")
-    return folder
+    return write_sample_images(tmp_path_factory.mktemp("serving-images"), 3, seed=4)
 
 
 @pytest.mark.parametrize("classes", [None, "zero,one,two"])
