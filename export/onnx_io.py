@@ -32,6 +32,7 @@ from mmadapter.errors import ExportError
 from mmadapter.export.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
 from mmadapter.export.graphs import NUM_CLASSES
 from mmadapter.export.specs import EXPORT_BATCH, GraphSpec
+from mmadapter.files import first_line
 
 # The range is defined in defaults.py (the CLI reads it without torch). Checked on torch 2.14 / onnx
 # 1.23 / onnxruntime 1.32: below 17 the exporter silently writes opset 18 (LayerNormalization needs
@@ -78,8 +79,7 @@ def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> Pat
                 verbose=False,
             )
         except Exception as exc:  # noqa: BLE001 - the exporter raises many types; all are one export failure
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExportError(f"ONNX export of {spec.name} failed: {first}") from None
+            raise ExportError(f"ONNX export of {spec.name} failed: {first_line(exc)}") from None
     if program is None:
         raise ExportError(f"ONNX export of {spec.name} returned no program")
     program.save(str(path))

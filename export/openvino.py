@@ -164,13 +164,7 @@ def make_session(xml_path: Path, device: str | None = None, intra_op_threads: in
             self.path = Path(xml_path)
             self.sess = CompiledGraph(self.path, device, intra_op_threads)
             self.requested = self.providers = self.sess.get_providers()
-            self.input_names = [i.name for i in self.sess.get_inputs()]
-            self.output_names = [o.name for o in self.sess.get_outputs()]
-            batch = list(batch_axis_inputs) if batch_axis_inputs is not None else self.input_names
-            unknown = [n for n in batch if n not in self.input_names]
-            if unknown:
-                raise ExportError(f"{self.path.name} has no inputs {unknown} (it takes {self.input_names})")
-            self.batch_inputs = batch
+            self._bind_io(batch_axis_inputs)
             self.on_gpu = False  # OpenVINO copies to its device itself
 
         def _run_once(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -91,22 +91,25 @@ class Session:
             self.sess = ort.InferenceSession(str(self.path), session_options(intra_op_threads),
                                              providers=self.requested)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types; all mean "cannot load"
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExportError(f"ONNX Runtime cannot load {self.path.name}: {first}") from None
+            raise ExportError(f"ONNX Runtime cannot load {self.path.name}: {first_line(exc)}") from None
         self.providers: list[str] = list(self.sess.get_providers())
         dropped = [p for p in self.requested if p in _GPU and p not in self.providers]
         if dropped:
             warnings.warn(f"{self.path.name}: asked for {', '.join(dropped)} but ONNX Runtime fell back to "
                           f"{self.providers} (check the CUDA/cuDNN/TensorRT libraries)", RuntimeWarning, stacklevel=2)
+        self._bind_io(batch_axis_inputs)
+        self.on_gpu = self.providers[0] in _GPU
+
+    def _bind_io(self, batch_axis_inputs: Sequence[str] | None) -> None:
+        """Input/output names from the open graph, and the inputs whose first axis is the request batch
+        (the class bank of adapter_head is not); shared with the OpenVINO session."""
         self.input_names = [i.name for i in self.sess.get_inputs()]
         self.output_names = [o.name for o in self.sess.get_outputs()]
-        # Inputs whose first axis is the request batch (the class bank of adapter_head is not).
         batch_inputs = list(batch_axis_inputs) if batch_axis_inputs is not None else self.input_names
         unknown = [n for n in batch_inputs if n not in self.input_names]
         if unknown:
             raise ExportError(f"{self.path.name} has no inputs {unknown} (it takes {self.input_names})")
         self.batch_inputs = batch_inputs
-        self.on_gpu = self.providers[0] in _GPU
 
     def check_feeds(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """Feeds as arrays after checking names, dtypes, ranks and fixed dims against the graph, so

@@ -40,6 +40,7 @@ from mmadapter.export.graphs import (
 from mmadapter.export.open_vocab import OpenVocabulary, head
 from mmadapter.export.specs import EXPORT_BATCH, Case, GraphSpec, Reference
 from mmadapter.export.tokenizer import ClipTokenizer
+from mmadapter.files import first_line
 from mmadapter.labels import check_class_names
 
 VALIDATION_BATCHES = (1, 3, 17)
@@ -190,7 +191,7 @@ def validate_graph(
     try:
         sess = session_factory(path)
     except Exception as exc:  # noqa: BLE001 - a graph ORT cannot load is one failure among others
-        fail(f"{path.name}: cannot be loaded by ONNX Runtime ({str(exc).splitlines()[0] if str(exc) else exc})")
+        fail(f"{path.name}: cannot be loaded by ONNX Runtime ({first_line(exc)})")
         return report
     # 1. Interface: names, dtypes, declared shapes.
     ort_dtype = {"float32": "tensor(float)", "int64": "tensor(int64)", "float16": "tensor(float16)"}
@@ -213,7 +214,7 @@ def validate_graph(
         try:
             got = dict(zip([o.name for o in spec.outputs], sess.run(None, case.inputs)))
         except Exception as exc:  # noqa: BLE001 - a runtime failure at one batch size is a failure to report
-            fail(f"{path.name} [{case.label}]: run failed ({str(exc).splitlines()[0] if str(exc) else exc})")
+            fail(f"{path.name} [{case.label}]: run failed ({first_line(exc)})")
             continue
         _compare(report, path.name, case.label, got, case.expected, tally)
     _check_top1(report, path.name, tally)
@@ -340,7 +341,7 @@ def validate_open_vocabulary(
                 got = head(run, raw, bank)
                 _compare(report, what, f"batch {b}", got, {LOGITS: _np(lg), IMAGE_EMBEDDING: _np(emb)}, tally)
         except Exception as exc:  # noqa: BLE001 - a failure anywhere on the path is a failure to report
-            report.failures.append(f"{what}: run failed ({str(exc).splitlines()[0] if str(exc) else exc})")
+            report.failures.append(f"{what}: run failed ({first_line(exc)})")
         _check_top1(report, what, tally)
         reports.append(report.to_dict())
     return reports

@@ -497,8 +497,7 @@ def _one_line_warnings(message: Warning | str, category: type[Warning], filename
     print(f"warning: {first_line(Exception(str(message)))}", file=file or sys.stderr)
 
 
-def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-        handler: Callable[[argparse.Namespace], int] | None = None) -> int:
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     """Parse ``argv`` and run the chosen command under the error contract (module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     previous_showwarning = warnings.showwarning
@@ -514,7 +513,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
                 args = parser.parse_args(argv)
             except SystemExit as exc:  # --help / --version printed their text
                 return exc.code if isinstance(exc.code, int) else EXIT_OK
-            func = handler or args.func
+            func: Callable[[argparse.Namespace], int] = args.func
             return func(args)
     except BrokenPipeError:  # `mmadapter predict ... | head`: the reader chose to stop reading
         return EXIT_OK

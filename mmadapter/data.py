@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from mmadapter.errors import DataError
+from mmadapter.files import first_line
 from mmadapter.images import IMAGE_EXTENSIONS, is_image_file, list_images, open_image
 from mmadapter.labels import check_class_names
 
@@ -111,7 +112,7 @@ def read_coop_split(
     try:
         data = json.loads(split_file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read split file {split_file}: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"cannot read split file {split_file}: {first_line(exc)}") from None
     if not isinstance(data, dict) or "train" not in data or "test" not in data:
         raise DataError(f"split file {split_file} needs 'train' and 'test' lists")
     names: dict[int, str] = {}
