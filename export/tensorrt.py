@@ -1,20 +1,18 @@
 """TensorRT engines built from the validated (portable, standard-op) ONNX graphs.
 
 Written for the TensorRT 10/11 Python API only (docs/design.md §6.6: the API changed across majors):
-explicit batch is the only mode, memory pools instead of ``max_workspace_size``, tensor names instead
-of bindings (``set_input_shape``/``set_tensor_address``/``execute_async_v3``). Precision comes from the graph:
-an fp16 engine is built from the fp16 ONNX (fp32 LayerNorm/softmax islands included) as a strongly
+explicit batch is the only mode, memory pools instead of ``max_workspace_size``. Precision comes from the
+graph: an fp16 engine is built from the fp16 ONNX (fp32 LayerNorm/softmax islands included) as a strongly
 typed network, which TensorRT 10 and 11 both accept (11 has no FP16 builder flag).
 
 Engines are tied to a TensorRT version and a GPU (docs/design.md §6.6: an engine runs only where it was
 built): the file name carries the ONNX hash, TensorRT version and GPU, and a JSON sidecar records
-them; loading checks it.
+them (:mod:`mmadapter.runtime.engines.tensorrt` checks it when loading).
 Not exercised by the CPU test suite: its tests are marked ``trt`` and need TensorRT and a GPU.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import re
 from dataclasses import dataclass
@@ -23,14 +21,9 @@ from typing import Any
 
 from mmadapter.errors import ExportError
 from mmadapter.export.defaults import DEFAULT_PROFILE
-from mmadapter.export.graphs import NUM_CLASSES
 from mmadapter.files import atomic_write_bytes, atomic_write_text
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    compute_capability: str  # "9.0"
+from mmadapter.runtime.engines.tensorrt import GpuInfo, check_sidecar, cuda_gpu, sidecar_path
+from mmadapter.runtime.graphs import NUM_CLASSES
 
 
 @dataclass(frozen=True)
@@ -46,37 +39,6 @@ class BatchProfile:
             )
 
 
-def cuda_gpu() -> GpuInfo | None:
-    """The first CUDA GPU from the driver API (no torch or cuda-python needed); None without one."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return None
-    count, dev = ctypes.c_int(0), ctypes.c_int(0)
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
-        return None
-    cuda.cuDeviceGet(ctypes.byref(dev), 0)
-    name = ctypes.create_string_buffer(256)
-    cuda.cuDeviceGetName(name, 256, dev)
-    major, minor = ctypes.c_int(0), ctypes.c_int(0)
-    cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-    cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)  # ..._MINOR
-    return GpuInfo(name.value.decode(errors="replace"), f"{major.value}.{minor.value}")
-
-
-def tensorrt_unavailable_reason() -> str | None:
-    """None when engines can be built here, else one line saying why not."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return "TensorRT is not installed (pip install tensorrt on a machine with an NVIDIA GPU)"
-    if not hasattr(trt, "Builder"):
-        return "the installed 'tensorrt' package is a stub without the TensorRT libraries"
-    if cuda_gpu() is None:
-        return "no CUDA GPU is visible, and TensorRT engines are built on the GPU they run on"
-    return None
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
@@ -87,37 +49,11 @@ def engine_filename(graph: str, onnx_sha256: str, trt_version: str, gpu_name: st
             f".b{profile.min}-{profile.opt}-{profile.max}.plan")
 
 
-def sidecar_path(plan: Path) -> Path:
-    return plan.with_suffix(".json")
-
-
 def make_sidecar(
     onnx_sha256: str, trt_version: str, gpu: GpuInfo, profile: BatchProfile, precision: str
 ) -> dict[str, Any]:
     return {"tensorrt_version": trt_version, "gpu_name": gpu.name, "compute_capability": gpu.compute_capability,
             "onnx_sha256": onnx_sha256, "profile": vars(profile), "precision": precision}
-
-
-def check_sidecar(plan: Path, trt_version: str, gpu: GpuInfo) -> dict[str, Any]:
-    """The sidecar of an engine, after checking that this TensorRT and GPU can load the engine."""
-    side = sidecar_path(plan)
-    try:
-        meta = json.loads(side.read_text())
-    except FileNotFoundError:
-        raise ExportError(
-            f"{plan.name} has no sidecar {side.name}: cannot tell which TensorRT and GPU built it"
-        ) from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExportError(f"{side} is unreadable: {exc}") from None
-    problems = []
-    if meta.get("tensorrt_version") != trt_version:
-        problems.append(f"built with TensorRT {meta.get('tensorrt_version')}, this is TensorRT {trt_version}")
-    if meta.get("gpu_name") != gpu.name or meta.get("compute_capability") != gpu.compute_capability:
-        problems.append(f"built on {meta.get('gpu_name')} (sm {meta.get('compute_capability')}), this GPU is "
-                        f"{gpu.name} (sm {gpu.compute_capability})")
-    if problems:
-        raise ExportError(f"engine {plan.name} cannot be used here: {'; '.join(problems)}; rebuild it with --tensorrt")
-    return meta
 
 
 def _profile_shapes(inputs: list[dict[str, Any]], profile: BatchProfile, class_range: tuple[int, int, int]):
@@ -140,7 +76,7 @@ def build_engine(onnx_path: Path, plan_path: Path, inputs: list[dict[str, Any]],
     """Build and serialise one engine (plus its sidecar); reuse it when the cached file exists."""
     import tensorrt as trt
 
-    from mmadapter.export.manifest import sha256_file
+    from mmadapter.runtime.manifest import sha256_file
 
     gpu = cuda_gpu()
     if gpu is None:
@@ -176,49 +112,6 @@ def build_engine(onnx_path: Path, plan_path: Path, inputs: list[dict[str, Any]],
     return plan_path
 
 
-class TrtEngine:
-    """Load a checked engine and run it by tensor name (torch CUDA tensors as device buffers)."""
-
-    def __init__(self, plan: Path):
-        import tensorrt as trt
-
-        gpu = cuda_gpu()
-        if gpu is None:
-            raise ExportError("no CUDA GPU is visible: cannot load TensorRT engines")
-        self.meta = check_sidecar(plan, trt.__version__, gpu)
-        self._trt = trt
-        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan.read_bytes())
-        if self.engine is None:
-            raise ExportError(f"TensorRT could not deserialize {plan.name} (corrupt file?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if n not in self.inputs]
-
-    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        import torch
-
-        trt = self._trt
-        keep = []
-        for name in self.inputs:
-            t = torch.as_tensor(feeds[name]).cuda().contiguous()
-            keep.append(t)
-            self.context.set_input_shape(name, tuple(t.shape))
-            self.context.set_tensor_address(name, t.data_ptr())
-        outs = {}
-        for name in self.outputs:
-            dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
-            dtype = dtypes[self.engine.get_tensor_dtype(name)]
-            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device="cuda")
-            self.context.set_tensor_address(name, out.data_ptr())
-            outs[name] = out
-        stream = torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise ExportError("TensorRT execution failed")
-        stream.synchronize()
-        return {k: v.float().cpu().numpy() for k, v in outs.items()}
-
-
 def build_int8_engines(folder: Path, graphs: dict[str, Any], profile: BatchProfile, gpu_name: str,
                        trt_version: str) -> dict[str, Any]:
     """Explicit-quantization int8 engines from the calibrated Q/DQ graphs (``files.int8.portable``, written
@@ -229,7 +122,7 @@ def build_int8_engines(folder: Path, graphs: dict[str, Any], profile: BatchProfi
     INT8 builder flag and no calibrator (TensorRT's implicit-quantization calibrators are deprecated since
     10.1). The Q/DQ graph is symmetric int8 with zero points 0, TensorRT's only mode; its weights are 7-bit
     (chosen for CPUs without VNNI), which costs TensorRT a little resolution and nothing else."""
-    from mmadapter.export.manifest import sha256_file
+    from mmadapter.runtime.manifest import sha256_file
 
     engines = {}
     for graph, entry in graphs.items():

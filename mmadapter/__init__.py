@@ -17,16 +17,16 @@ _checkout = Path(__file__).resolve().parent.parent
 if (_checkout / "pyproject.toml").is_file() and (_checkout / "kernels" / "__init__.py").is_file():
     __path__.append(str(_checkout))  # noqa: F821 - the package's own __path__
 
-# Torch-backed names are imported on first use (PEP 562), so that ``mmadapter.export.runtime``
+# Torch-backed names are imported on first use (PEP 562), so that ``mmadapter.runtime.model``
 # and ``mmadapter.errors`` import on a serving machine that has no torch.
 _LAZY = {
-    "AdapterOutput": "mmadapter.adapter",
-    "ClassBank": "mmadapter.adapter",
-    "MultiModalAdapter": "mmadapter.adapter",
-    "AdapterConfig": "mmadapter.config",
-    "ClipSpec": "mmadapter.config",
-    "TrainConfig": "mmadapter.config",
-    "get_adapter_config": "mmadapter.config",
+    "AdapterOutput": "mmadapter.model.adapter",
+    "ClassBank": "mmadapter.model.adapter",
+    "MultiModalAdapter": "mmadapter.model.adapter",
+    "AdapterConfig": "mmadapter.model.config",
+    "ClipSpec": "mmadapter.model.config",
+    "TrainConfig": "mmadapter.model.config",
+    "get_adapter_config": "mmadapter.model.config",
 }
 
 

@@ -4,7 +4,7 @@ This is the method of docs/design.md §1.3 written out literally, the way the au
 a token sequence of the N class texts followed by the image, a mask that lets each text token see
 only the image and the image see only the texts, one multi-head attention over the bottleneck, and
 the residual blends. It costs O(B * N^2) time and memory, so it is used only by tests and
-benchmarks as the reference that the fast path (``mmadapter.functional``) must reproduce.
+benchmarks as the reference that the fast path (``mmadapter.model.functional``) must reproduce.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmadapter.config import AdapterConfig
+from mmadapter.model.config import AdapterConfig
 
 
 def cross_modal_mask(num_classes: int, device: torch.device | None = None) -> torch.Tensor:
@@ -27,7 +27,7 @@ def cross_modal_mask(num_classes: int, device: torch.device | None = None) -> to
 
 
 class ReferenceMultiModalAdapter(nn.Module):
-    """Same parameters (names and shapes) as :class:`mmadapter.adapter.MultiModalAdapter`."""
+    """Same parameters (names and shapes) as :class:`mmadapter.model.adapter.MultiModalAdapter`."""
 
     def __init__(self, config: AdapterConfig | None = None) -> None:
         super().__init__()

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmadapter.config import CLIP_CONFIG_DIR, ClipSpec
+from mmadapter.model.config import CLIP_CONFIG_DIR, ClipSpec
 from mmadapter.errors import ConfigError
 from mmadapter.files import atomic_path, first_line, sha256_file
-from mmadapter.labels import format_prompt
+from mmadapter.runtime.labels import format_prompt
 
 _registered = False
 

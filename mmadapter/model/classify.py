@@ -1,9 +1,9 @@
 """Top-k classification of image files with a checkpoint: the frozen CLIP the checkpoint names, the
 adapter, and a class bank for the checkpoint's label set (or any other class list: open vocabulary).
 
-Returns the structure the ONNX Runtime path (``mmadapter.export.runtime.classify_images``) returns,
+Returns the structure the ONNX Runtime path (``mmadapter.runtime.model.classify_images``) returns,
 so the CLI prints both the same way. The torch-free pieces (image and class lists, ranking, printing)
-live in :mod:`mmadapter.predictions` and are re-exported here.
+live in :mod:`mmadapter.runtime.ranking` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from mmadapter.backbone import load_clip
-from mmadapter.checkpoint import load_checkpoint
+from mmadapter.model.backbone import load_clip
+from mmadapter.model.checkpoint import load_checkpoint
 from mmadapter.errors import CheckpointError, DataError
-from mmadapter.images import ImageSkip, read_images
-from mmadapter.labels import check_class_names
-from mmadapter.predictions import (
+from mmadapter.runtime.images import ImageSkip, read_images
+from mmadapter.runtime.labels import check_class_names
+from mmadapter.runtime.ranking import (
     Prediction,
     Result,
     check_some_read,

@@ -20,8 +20,8 @@ from PIL import Image
 
 from mmadapter.errors import DataError
 from mmadapter.files import first_line
-from mmadapter.images import IMAGE_EXTENSIONS, is_image_file, list_images, open_image
-from mmadapter.labels import check_class_names
+from mmadapter.runtime.images import IMAGE_EXTENSIONS, is_image_file, list_images, open_image
+from mmadapter.runtime.labels import check_class_names
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -55,7 +55,7 @@ class FewShotSplits:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """The project's one image loader (:func:`mmadapter.images.open_image`): fully decoded, size-capped,
+    """The project's one image loader (:func:`mmadapter.runtime.images.open_image`): fully decoded, size-capped,
     8-bit images left in their own mode (open_clip's transform converts to RGB after the crop), 16-bit
     and float images scaled; any failure is a one-line DataError naming the file."""
     return open_image(path)

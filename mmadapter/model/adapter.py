@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmadapter import functional
-from mmadapter.config import AdapterConfig
+from mmadapter.model import functional
+from mmadapter.model.config import AdapterConfig
 from mmadapter.errors import ConfigError
 
 BACKENDS = ("torch", "triton", "auto")

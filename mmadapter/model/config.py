@@ -2,7 +2,7 @@
 
 Adapter configs live in ``configs/adapter/<name>.json`` and map onto :class:`AdapterConfig`;
 ``configs/clip/*.json`` are extra open_clip model configs (the tiny random CLIP of the demo and
-the tests) registered with open_clip by :mod:`mmadapter.backbone`.
+the tests) registered with open_clip by :mod:`mmadapter.model.backbone`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmadapter.data import ImageDataset, ImageRecord, list_images, read_coop_split
+from mmadapter.data.fewshot import ImageDataset, ImageRecord, list_images, read_coop_split
 from mmadapter.errors import DataError
 
 

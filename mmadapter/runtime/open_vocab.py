@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from mmadapter.errors import DataError, ExportError
-from mmadapter.export.graphs import (  # noqa: F401 - CLIP_IMAGE_EMBEDDING, TEXT_GRAPHS: re-exported
+from mmadapter.runtime.graphs import (  # noqa: F401 - CLIP_IMAGE_EMBEDDING, TEXT_GRAPHS: re-exported
     ADAPTER_HEAD,
     BANK_TENSORS,
     CLASS_BANK,
@@ -45,7 +45,7 @@ from mmadapter.export.graphs import (  # noqa: F401 - CLIP_IMAGE_EMBEDDING, TEXT
     VALUES,
 )
 from mmadapter.files import write_cache_entry
-from mmadapter.labels import check_class_names, check_template, format_prompt
+from mmadapter.runtime.labels import check_class_names, check_template, format_prompt
 
 GraphRunner = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
 CACHE_ENV = "MMADAPTER_BANK_CACHE"  # a folder; empty string: no bank cache
@@ -216,11 +216,11 @@ class OpenVocabulary:
 
     @classmethod
     def for_model(cls, model: Any) -> OpenVocabulary:
-        """For an :class:`~mmadapter.export.runtime.ExportedModel`: its tokenizer file (checked against
+        """For an :class:`~mmadapter.runtime.model.ExportedModel`: its tokenizer file (checked against
         the manifest's sha256), its sessions (the text side in fp32 when the image side is int8: int8
         exists for the image tower only) and its bank cache setting."""
-        from mmadapter.export.manifest import verified_file
-        from mmadapter.export.tokenizer import ClipTokenizer
+        from mmadapter.runtime.manifest import verified_file
+        from mmadapter.runtime.tokenizer import ClipTokenizer
 
         manifest = model.manifest
         fields = manifest["tokenizer"]
@@ -286,8 +286,8 @@ def scores(model: Any, pixels: np.ndarray, class_names: Sequence[str] | None, te
 def model_pixels(model: Any, images: Any) -> np.ndarray:
     """Preprocessed pixels [B, 3, H, W] from an array (taken as is), or from file paths and PIL images
     (read by the project's one loader, an unreadable file a DataError naming it)."""
-    from mmadapter.export.preprocess import preprocess_batch
-    from mmadapter.images import open_image
+    from mmadapter.runtime.preprocess import preprocess_batch
+    from mmadapter.runtime.images import open_image
 
     if isinstance(images, np.ndarray):
         return images

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mmadapter.backbone import FrozenClip, load_clip, pin_weights
-from mmadapter.config import ClipSpec
-from mmadapter.data import ImageRecord, load_image, records_identity
+from mmadapter.model.backbone import FrozenClip, load_clip, pin_weights
+from mmadapter.model.config import ClipSpec
+from mmadapter.data.fewshot import ImageRecord, load_image, records_identity
 from mmadapter.files import write_cache_entry
 
 CACHE_FORMAT_VERSION = 1

@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 
-from mmadapter.checkpoint import CheckpointMeta, LabelSet, check_output_file, expected_shapes, save_checkpoint
-from mmadapter.config import AdapterConfig, ClipSpec, adapter_config_for_width
+from mmadapter.model.checkpoint import CheckpointMeta, LabelSet, check_output_file, expected_shapes, save_checkpoint
+from mmadapter.model.config import AdapterConfig, ClipSpec, adapter_config_for_width
 from mmadapter.errors import CheckpointError, ConfigError, MMAdapterError
 from mmadapter.files import first_line, sha256_file
-from mmadapter.labels import DEFAULT_TEMPLATE
+from mmadapter.runtime.labels import DEFAULT_TEMPLATE
 
 # The authors' parameter names (below the adapter's prefix) and ours.
 AUTHORS_TO_OURS: dict[str, str] = {
@@ -206,7 +206,7 @@ def _logit_scale_in(state: Mapping[str, Any], prefix: str, source: str) -> float
 def clip_spec_for(clip_model: str, pretrained: str | None = None, clip_weights: str | Path | None = None) -> ClipSpec:
     """The CLIP spec a checkpoint records, as training records it: a local weights file by absolute
     path and sha256, else the open_clip pretrained tag (``None``: random weights)."""
-    from mmadapter.backbone import pin_weights
+    from mmadapter.model.backbone import pin_weights
 
     if clip_weights is not None:
         return pin_weights(ClipSpec(clip_model, None, str(Path(clip_weights).resolve()), None))
@@ -215,7 +215,7 @@ def clip_spec_for(clip_model: str, pretrained: str | None = None, clip_weights: 
 
 def clip_embed_dim(model_name: str) -> int:
     """The embedding width of an open_clip model, from its config (nothing is built or downloaded)."""
-    from mmadapter.backbone import open_clip_module
+    from mmadapter.model.backbone import open_clip_module
 
     config = open_clip_module().get_model_config(model_name)
     if not config or not isinstance(config.get("embed_dim"), int):
@@ -224,7 +224,7 @@ def clip_embed_dim(model_name: str) -> int:
 
 
 def _clip_logit_scale(spec: ClipSpec) -> float:
-    from mmadapter.backbone import load_clip
+    from mmadapter.model.backbone import load_clip
 
     try:
         return load_clip(spec).logit_scale
@@ -275,7 +275,7 @@ def convert_authors_state_dict(
         scale, scale_from = found.logit_scale, "source"
     else:
         scale, scale_from = _clip_logit_scale(spec), "clip"
-    from mmadapter.adapter import MultiModalAdapter
+    from mmadapter.model.adapter import MultiModalAdapter
 
     adapter = MultiModalAdapter(found.config, backend="torch")
     adapter.load_state_dict(found.tensors)

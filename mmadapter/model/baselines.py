@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmadapter.adapter import MultiModalAdapter
-from mmadapter.config import AdapterConfig
+from mmadapter.model.adapter import MultiModalAdapter
+from mmadapter.model.config import AdapterConfig
 
 HEAD_KINDS = ("zero-shot-clip", "clip-adapter", "mma")
 

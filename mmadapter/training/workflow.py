@@ -7,16 +7,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mmadapter.baselines import build_head
-from mmadapter.checkpoint import CheckpointMeta, LabelSet, check_output_file, save_checkpoint
-from mmadapter.config import AdapterConfig, TrainConfig, adapter_config_for_width
-from mmadapter.data import ImageDataset, base_novel_classes, few_shot_splits, image_folder_dataset, restrict
-from mmadapter.datasets import load_registered_dataset
+from mmadapter.model.baselines import build_head
+from mmadapter.model.checkpoint import CheckpointMeta, LabelSet, check_output_file, save_checkpoint
+from mmadapter.model.config import AdapterConfig, TrainConfig, adapter_config_for_width
+from mmadapter.data.fewshot import ImageDataset, base_novel_classes, few_shot_splits, image_folder_dataset, restrict
+from mmadapter.data.fewshot.registry import load_registered_dataset
 from mmadapter.errors import DataError
-from mmadapter.evaluate import BaseNovelData, BaseToNovelReport, run_base_to_novel
-from mmadapter.features import ClipProvider, image_embeddings, labels_of, text_embeddings
-from mmadapter.labels import check_template
-from mmadapter.train import EmbeddedSplit, TrainResult, accuracy, train_head
+from mmadapter.training.base_to_novel import BaseNovelData, BaseToNovelReport, run_base_to_novel
+from mmadapter.data.fewshot.embeddings import ClipProvider, image_embeddings, labels_of, text_embeddings
+from mmadapter.runtime.labels import check_template
+from mmadapter.training.train import EmbeddedSplit, TrainResult, accuracy, train_head
 
 
 def open_dataset(data_root: str | Path, dataset: str | None = None, template: str | None = None) -> ImageDataset:
@@ -36,7 +36,7 @@ def prepare_base_novel(
     cache_dir: str | Path | None = None, progress: bool = True, split: str = "coop",
 ) -> BaseNovelData:
     """Few-shot base-class train/val splits and base/novel/all test sets, as cached embeddings
-    (``split``: see :func:`mmadapter.data.base_novel_classes`)."""
+    (``split``: see :func:`mmadapter.data.fewshot.base_novel_classes`)."""
     cache = Path(cache_dir) if cache_dir is not None else None
     base, novel = base_novel_classes(dataset.class_names, split)
     splits = few_shot_splits(dataset, shots, seed)

@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
-from mmadapter.adapter import MultiModalAdapter
-from mmadapter.config import AdapterConfig, ClipSpec
+from mmadapter.model.adapter import MultiModalAdapter
+from mmadapter.model.config import AdapterConfig, ClipSpec
 from mmadapter.errors import CheckpointError, ConfigError, MMAdapterError
 from mmadapter.files import FileWriteError, atomic_path, first_line, resolve_destination
-from mmadapter.labels import DEFAULT_TEMPLATE, check_class_names, check_template
+from mmadapter.runtime.labels import DEFAULT_TEMPLATE, check_class_names, check_template
 
 FORMAT_NAME = "mmadapter-checkpoint"
 FORMAT_VERSION = 2  # 2: content sha256, typed metadata, floating tensors only

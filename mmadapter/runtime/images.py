@@ -1,7 +1,7 @@
-"""The one image loader of every path: training and feature extraction (``mmadapter.data.load_image``),
-``predict --checkpoint`` and ONNX serving (``mmadapter.export.preprocess.load_image``).
+"""The one image loader of every path: training and feature extraction (``mmadapter.data.fewshot.load_image``),
+``predict --checkpoint`` and ONNX serving (``mmadapter.runtime.preprocess.load_image``).
 
-Both preprocessing paths (open_clip's transform in torch, the numpy copy in ``export/preprocess.py``)
+Both preprocessing paths (open_clip's transform in torch, the numpy copy in ``mmadapter/runtime/preprocess.py``)
 take what :func:`open_image` returns and do, in open_clip's order: resize the shortest side (bicubic),
 centre crop, convert to RGB, scale to [0, 1], normalise. So the loader leaves 8-bit images in their
 own mode: converting RGBA or palette images to RGB *before* the resize (as the loaders here once did)

@@ -2,7 +2,7 @@
 folder): the image list, the class list, ranking logits into top-k results, and printing them.
 
 A result list holds, in input order, a :data:`Prediction` per classified image and an
-:class:`~mmadapter.images.ImageSkip` per image that could not be read. No torch here: the serving
+:class:`~mmadapter.runtime.images.ImageSkip` per image that could not be read. No torch here: the serving
 runtime uses it.
 """
 
@@ -17,8 +17,8 @@ import numpy as np
 
 from mmadapter.errors import DataError, MMAdapterError
 from mmadapter.files import first_line
-from mmadapter.images import ImageSkip, is_image_file, list_images
-from mmadapter.labels import check_class_names
+from mmadapter.runtime.images import ImageSkip, is_image_file, list_images
+from mmadapter.runtime.labels import check_class_names
 
 Prediction = tuple[Path, list[tuple[str, float]]]  # image, [(class name, probability)] best first
 Result = Prediction | ImageSkip

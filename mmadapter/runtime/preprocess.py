@@ -2,7 +2,7 @@
 (resize the shortest side with bicubic filtering, center crop, RGB, scale to [0, 1], normalise),
 so that serving needs neither torch nor open_clip. No torch import here, by design.
 
-Images are read by the project's one loader (:func:`mmadapter.images.open_image`, re-exported here as
+Images are read by the project's one loader (:func:`mmadapter.runtime.images.open_image`, re-exported here as
 ``load_image``), the same one training and ``predict --checkpoint`` use, so both paths see the same
 pixels.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mmadapter.errors import DataError
-from mmadapter.images import MAX_RESIZED_PIXELS, open_image, resized_size
+from mmadapter.runtime.images import MAX_RESIZED_PIXELS, open_image, resized_size
 
 load_image = open_image  # the one loader; kept under this name for the runtime and its callers
 

@@ -1,16 +1,5 @@
-"""The ``mmadapter`` console script (and ``python export.py``): thin argparse subcommands over typed
-functions, all run under one error contract (:func:`run`):
-
-- a problem with what the user gave or with their machine (an :class:`MMAdapterError`, any
-  ``OSError``, safetensors' and PIL's own errors, ONNX Runtime rejecting an input, a bad argument)
-  is ONE line ``error: ...`` on stderr and exit status 2, never a traceback;
-- Ctrl-C exits 130 and SIGTERM 143, after the command's own cleanup ran (both arrive as exceptions
-  derived from ``BaseException``, so every ``try/finally`` and ``except BaseException`` cleans up);
-- anything else is a bug of ours: one line naming it, exit status 1 (``MMADAPTER_DEBUG=1`` shows
-  the traceback).
-
-Arguments are checked before any expensive work (models, embeddings, exports).
-"""
+"""The ``mmadapter`` subcommands (train, evaluate, predict, demo, convert, export) and their parsers: thin
+argparse layers over typed functions."""
 
 from __future__ import annotations
 
@@ -30,95 +19,6 @@ from typing import Any, NoReturn
 from mmadapter.errors import DataError, MMAdapterError
 from mmadapter.files import first_line
 
-EXIT_OK = 0
-EXIT_INTERNAL_ERROR = 1
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT
-EXIT_TERMINATED = 143  # 128 + SIGTERM
-SEED_RANGE = (0, 2**32 - 1)  # what numpy and torch generators accept
-
-
-class UsageError(MMAdapterError):
-    """A command line argparse could not parse, or an argument value out of range."""
-
-
-class Terminated(BaseException):  # noqa: N818 - named like KeyboardInterrupt, its sibling
-    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with its errors raised (one line, exit 2 through :func:`run`) instead of printing
-    the usage and exiting from deep inside."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see: {self.prog} --help)")
-
-
-# -- argument types: checked at parse time, so a bad value never reaches expensive work -----------------
-
-
-def _int_in(text: str, lo: int, hi: int | None, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if value < lo or (hi is not None and value > hi):
-        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    return _int_in(text, 1, None, "a whole number >= 1")
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
-
-
-def seed_int(text: str) -> int:
-    return _int_in(text, *SEED_RANGE, f"a seed in {SEED_RANGE[0]}..{SEED_RANGE[1]}")
-
-
-def template_text(text: str) -> str:
-    from mmadapter.labels import check_template
-
-    try:
-        return check_template(text)
-    except MMAdapterError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def device_name(text: str) -> str:
-    """``cpu``, ``cuda`` or ``cuda:N``; whether a GPU is there is checked when the command runs."""
-    name = text.strip().lower()
-    if name == "cpu" or name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
-        return name
-    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
-
-
-def _check_device(device: str) -> None:
-    if device == "cpu":
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA GPU is visible here")
-    index = int(device.split(":")[1]) if ":" in device else 0
-    if index >= torch.cuda.device_count():
-        raise UsageError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA GPUs")
-
-
-def _existing_file(path: Path | None, flag: str) -> None:
-    if path is not None and not path.is_file():
-        raise UsageError(f"{flag} {path}: " + ("is a folder, not a file" if path.is_dir() else "file not found"))
-
-
 # -- subcommands -----------------------------------------------------------------------------------------
 
 
@@ -130,8 +30,8 @@ def _add_clip_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    from mmadapter.config import TrainConfig
-    from mmadapter.data import BASE_NOVEL_SPLITS
+    from mmadapter.model.config import TrainConfig
+    from mmadapter.data.fewshot import BASE_NOVEL_SPLITS
 
     p.add_argument("--data", type=Path, required=True,
                    help="an image folder (one sub-folder per class), or the root holding a registered dataset")
@@ -154,7 +54,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _clip_spec(args: argparse.Namespace) -> Any:
-    from mmadapter.config import ClipSpec
+    from mmadapter.model.config import ClipSpec
 
     if args.clip_weights is not None:
         _existing_file(args.clip_weights, "--clip-weights")
@@ -167,7 +67,7 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _train_config(args: argparse.Namespace) -> Any:
-    from mmadapter.config import TrainConfig
+    from mmadapter.model.config import TrainConfig
 
     return TrainConfig(lr=args.lr, max_epochs=args.epochs, shots=args.shots, seed=args.seed)
 
@@ -179,9 +79,9 @@ def _check_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mmadapter.checkpoint import check_output_file
-    from mmadapter.experiment import open_dataset, train_checkpoint
-    from mmadapter.features import ClipProvider
+    from mmadapter.model.checkpoint import check_output_file
+    from mmadapter.training.workflow import open_dataset, train_checkpoint
+    from mmadapter.data.fewshot.embeddings import ClipProvider
 
     config, spec = _train_config(args), _clip_spec(args)
     _check_data(args)
@@ -207,9 +107,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.out is None:
         raise UsageError("evaluate needs --out FOLDER for the report (or --onnx DIR to evaluate an export)")
-    from mmadapter.evaluate import write_report
-    from mmadapter.experiment import evaluate_base_to_novel, open_dataset
-    from mmadapter.features import ClipProvider
+    from mmadapter.training.base_to_novel import write_report
+    from mmadapter.training.workflow import evaluate_base_to_novel, open_dataset
+    from mmadapter.data.fewshot.embeddings import ClipProvider
 
     config, spec = _train_config(args), _clip_spec(args)
     _check_data(args)
@@ -225,12 +125,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mmadapter.predictions import collect_images, count_skipped, format_predictions, parse_class_list
+    from mmadapter.runtime.ranking import collect_images, count_skipped, format_predictions, parse_class_list
 
     if (args.checkpoint is None) == (args.onnx is None):
         raise UsageError("give exactly one of --checkpoint CKPT or --onnx DIR")
     if args.checkpoint is not None:
-        from mmadapter.checkpoint import read_metadata
+        from mmadapter.model.checkpoint import read_metadata
 
         _existing_file(args.checkpoint, "--checkpoint")
         read_metadata(args.checkpoint)  # a bad checkpoint is reported before any image is looked at
@@ -239,7 +139,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     images = collect_images(args.images)
     if args.onnx is not None:
         try:
-            from mmadapter.export.runtime import classify_images
+            from mmadapter.runtime.model import classify_images
         except ImportError as exc:
             raise DataError(f"ONNX prediction is unavailable ({exc}); install 'mmadapter[runtime]'") from None
 
@@ -256,7 +156,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         results = classify_images(args.onnx, images, args.top_k, precision=args.precision, strict=args.strict,
                                   **extra)
     else:
-        from mmadapter.predict import predict_images
+        from mmadapter.model.classify import predict_images
 
         results = predict_images(args.checkpoint, images, args.top_k, classes, device=args.device,
                                  strict=args.strict)
@@ -280,7 +180,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
-    from mmadapter.labels import DEFAULT_TEMPLATE
+    from mmadapter.runtime.labels import DEFAULT_TEMPLATE
 
     p.add_argument("source", type=Path,
                    help="the authors' adapter: a .pt/.pth(.tar) torch file or a .safetensors file")
@@ -299,10 +199,10 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from mmadapter.checkpoint import check_output_file, read_metadata
-    from mmadapter.convert import convert_authors_state_dict
-    from mmadapter.labels import DEFAULT_TEMPLATE
-    from mmadapter.predictions import parse_class_list
+    from mmadapter.model.checkpoint import check_output_file, read_metadata
+    from mmadapter.model.authors_checkpoint import convert_authors_state_dict
+    from mmadapter.runtime.labels import DEFAULT_TEMPLATE
+    from mmadapter.runtime.ranking import parse_class_list
 
     _existing_file(args.source, "source")
     _existing_file(args.clip_weights, "--clip-weights")
@@ -367,7 +267,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from mmadapter.export.pipeline import check_destinations, check_export_arguments, export_checkpoint
-    from mmadapter.export.tensorrt import BatchProfile
+    from mmadapter.runtime.engines.tensorrt import BatchProfile
 
     # Everything that needs no model, before the checkpoint is loaded: the values, then the folders.
     profile = check_export_arguments(opset=args.opset, profile=BatchProfile(args.min_batch, args.opt_batch,
@@ -463,137 +363,3 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-# -- the error contract ----------------------------------------------------------------------------------
-
-
-def _is_user_fault(exc: BaseException) -> bool:
-    """Errors of libraries we call that mean "this input or this machine cannot be used", not a bug:
-    safetensors' SafetensorError, PIL's DecompressionBombError, ONNX Runtime's input errors."""
-    name = type(exc).__name__
-    module = type(exc).__module__ or ""
-    return (name in {"SafetensorError", "DecompressionBombError", "UnidentifiedImageError"}
-            or module.startswith("onnxruntime") or isinstance(exc, MemoryError))
-
-
-@contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """While a command runs, SIGTERM raises :class:`Terminated` in the main thread (cleanup runs)."""
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise Terminated()
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (a test harness): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _one_line_warnings(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                       file: Any = None, line: str | None = None) -> None:
-    print(f"warning: {first_line(Exception(str(message)))}", file=file or sys.stderr)
-
-
-def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    """Parse ``argv`` and run the chosen command under the error contract (module docstring)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    previous_showwarning = warnings.showwarning
-    warnings.showwarning = _one_line_warnings
-    # Libraries log retries and fallbacks (huggingface_hub, open_clip) over many lines; the command
-    # reports what matters in its own lines. MMADAPTER_DEBUG=1 shows them.
-    quiet_logs = not os.environ.get("MMADAPTER_DEBUG")
-    if quiet_logs:
-        logging.disable(logging.CRITICAL)
-    try:
-        with _sigterm_raises():
-            try:
-                args = parser.parse_args(argv)
-            except SystemExit as exc:  # --help / --version printed their text
-                return exc.code if isinstance(exc.code, int) else EXIT_OK
-            func: Callable[[argparse.Namespace], int] = args.func
-            return func(args)
-    except BrokenPipeError:  # `mmadapter predict ... | head`: the reader chose to stop reading
-        return EXIT_OK
-    except (MMAdapterError, OSError) as exc:
-        print(f"error: {_describe(exc)}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("error: interrupted (nothing half-written was left behind)", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Terminated:
-        print("error: terminated (nothing half-written was left behind)", file=sys.stderr)
-        return EXIT_TERMINATED
-    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
-        hint = _missing_install(exc, parser, argv)
-        if hint is not None:
-            print(f"error: {hint}", file=sys.stderr)
-            return EXIT_USER_ERROR
-        if os.environ.get("MMADAPTER_DEBUG"):
-            raise
-        if _is_user_fault(exc):
-            print(f"error: {_describe(exc)}", file=sys.stderr)
-            return EXIT_USER_ERROR
-        print(f"error: internal error ({type(exc).__name__}: {first_line(exc)}); please report it, with the "
-              "traceback from MMADAPTER_DEBUG=1", file=sys.stderr)
-        return EXIT_INTERNAL_ERROR
-    finally:
-        warnings.showwarning = previous_showwarning
-        if quiet_logs:
-            logging.disable(logging.NOTSET)
-        _flush_stdout()
-
-
-# Top-level modules of the optional installs (pyproject.toml's extras): a serving install has none of the first.
-_EXTRA_OF_MODULE = {**dict.fromkeys(("torch", "torchvision", "open_clip", "safetensors", "tqdm", "onnx", "onnxscript"),
-                                    "train"), "onnxruntime": "runtime"}
-
-
-def _missing_install(exc: BaseException, parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
-    """One line naming the install a command needs, for an import of a module that an extra provides."""
-    module = (getattr(exc, "name", None) or "").split(".")[0] if isinstance(exc, ModuleNotFoundError) else ""
-    extra = _EXTRA_OF_MODULE.get(module)
-    if extra is None:
-        return None
-    words = [a for a in argv if not a.startswith("-")]
-    command = f"{parser.prog} {words[0]}" if parser.prog == "mmadapter" and words else parser.prog
-    what = "the training install" if extra == "train" else "ONNX Runtime"
-    return f"`{command}` needs {what} ({module} is not installed): pip install 'mmadapter[{extra}]'"
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, MMAdapterError):
-        return first_line(exc)
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror}"
-    if isinstance(exc, MemoryError):
-        return "out of memory (the input is too large for this machine)"
-    return first_line(exc)
-
-
-def _flush_stdout() -> None:
-    # `mmadapter predict ... | head` closes the pipe early: that is not an error worth a traceback.
-    try:
-        sys.stdout.flush()
-    except (BrokenPipeError, ValueError):
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run(build_parser(), argv)
-
-
-def export_main(argv: Sequence[str] | None = None) -> int:
-    """``python export.py ...``: the same arguments and contract as ``mmadapter export ...``."""
-    return run(build_export_parser(), argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

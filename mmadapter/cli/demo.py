@@ -16,17 +16,17 @@ from pathlib import Path
 
 import torch
 
-from mmadapter.backbone import load_clip, save_clip_weights
-from mmadapter.checkpoint import save_checkpoint
-from mmadapter.config import ClipSpec, TrainConfig
-from mmadapter.data import base_novel_classes, few_shot_splits, image_folder_dataset, restrict
-from mmadapter.digits import DIGITS_TEMPLATE, write_digits_folder
+from mmadapter.model.backbone import load_clip, save_clip_weights
+from mmadapter.model.checkpoint import save_checkpoint
+from mmadapter.model.config import ClipSpec, TrainConfig
+from mmadapter.data.fewshot import base_novel_classes, few_shot_splits, image_folder_dataset, restrict
+from mmadapter.data.fewshot.digits import DIGITS_TEMPLATE, write_digits_folder
 from mmadapter.errors import DataError
-from mmadapter.evaluate import BaseToNovelReport, write_report
-from mmadapter.experiment import checkpoint_meta, evaluate_base_to_novel
-from mmadapter.features import ClipProvider
+from mmadapter.training.base_to_novel import BaseToNovelReport, write_report
+from mmadapter.training.workflow import checkpoint_meta, evaluate_base_to_novel
+from mmadapter.data.fewshot.embeddings import ClipProvider
 from mmadapter.files import FileWriteError, first_line
-from mmadapter.predict import Prediction, collect_images, format_predictions, predict_images
+from mmadapter.model.classify import Prediction, collect_images, format_predictions, predict_images
 
 DEMO_CLIP_MODEL = "mmadapter-tiny"
 RANDOM_WEIGHTS_NOTICE = (
@@ -55,7 +55,7 @@ def export_and_serve(
     """The product's main job on the demo checkpoint: export (validated against torch) into
     ``out_dir/onnx``, then classify the demo images through ONNX Runtime, no torch in the loop."""
     from mmadapter.export.pipeline import export_checkpoint
-    from mmadapter.export.runtime import classify_images
+    from mmadapter.runtime.model import classify_images
 
     result = export_checkpoint(checkpoint, out_dir / "onnx", fp16=fp16, overwrite=True, progress=progress)
     cosines = [c for r in result.validation for c in r.get("min_cosine", {}).values()]
