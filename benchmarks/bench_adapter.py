@@ -37,8 +37,8 @@ def build(embed_dim: int = 512):
     # Imported here, not at the top: main re-executes the process first, and would pay for torch twice.
     import torch
 
-    from mmadapter.adapter import MultiModalAdapter
-    from mmadapter.config import adapter_config_for_width
+    from mmadapter.model.adapter import MultiModalAdapter
+    from mmadapter.model.config import adapter_config_for_width
     from mmadapter.reference import ReferenceMultiModalAdapter
 
     torch.manual_seed(0)

@@ -55,10 +55,10 @@ from benchmarks.common import RESULTS_DIR, print_table, summarize, write_csv
 
 
 def build_model(num_classes: int):
-    from mmadapter.adapter import MultiModalAdapter
-    from mmadapter.backbone import load_clip
-    from mmadapter.config import AdapterConfig, ClipSpec
     from mmadapter.export.specs import build_specs
+    from mmadapter.model.adapter import MultiModalAdapter
+    from mmadapter.model.backbone import load_clip
+    from mmadapter.model.config import AdapterConfig, ClipSpec
 
     torch.manual_seed(0)
     clip = load_clip(ClipSpec("ViT-B-16"))  # pretrained=None: random weights, nothing downloaded
@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
     from mmadapter.export.onnx_io import export_graph, optimize_for_ort, quantize_int8, quantize_static_int8
-    from mmadapter.export.preprocess import Preprocessing, preprocess_batch
     from mmadapter.export.validate import COSINE_MIN, sample_images
+    from mmadapter.runtime.preprocess import Preprocessing, preprocess_batch
 
     threads = len(os.sched_getaffinity(0))
     cpu = cpu_flags()
@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             "ort_int8_static": ort_session(qdq, True, ["CPUExecutionProvider"], threads),
         }
         try:
-            from mmadapter.export.openvino import CompiledGraph, convert_to_ir, quantize_nncf
+            from mmadapter.export.openvino import convert_to_ir, quantize_nncf
+            from mmadapter.runtime.engines.openvino import CompiledGraph
 
             ov_files = {"ov_fp32": convert_to_ir(portable, Path(tmp) / "ov32.xml"),
                         "ov_int8": convert_to_ir(qdq, Path(tmp) / "ov8.xml"),

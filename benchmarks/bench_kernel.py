@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import RESULTS_DIR, copy_bandwidth_gbps, print_table, time_cpu, time_cuda, write_csv
-from mmadapter import functional
-from mmadapter.config import AdapterConfig
+from mmadapter.model import functional
+from mmadapter.model.config import AdapterConfig
 from mmadapter.reference import ReferenceMultiModalAdapter
 
 BATCHES = (1, 8, 64, 256, 1024)

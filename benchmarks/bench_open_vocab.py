@@ -40,11 +40,11 @@ def class_names(prefix: str, n: int) -> list[str]:
 def make_export(folder: Path, model_name: str) -> Path:
     import torch
 
-    from mmadapter.adapter import MultiModalAdapter
-    from mmadapter.backbone import load_clip, save_clip_weights
-    from mmadapter.checkpoint import CheckpointMeta, LabelSet, save_checkpoint
-    from mmadapter.config import AdapterConfig, ClipSpec
     from mmadapter.export.pipeline import export_checkpoint
+    from mmadapter.model.adapter import MultiModalAdapter
+    from mmadapter.model.backbone import load_clip, save_clip_weights
+    from mmadapter.model.checkpoint import CheckpointMeta, LabelSet, save_checkpoint
+    from mmadapter.model.config import AdapterConfig, ClipSpec
 
     torch.manual_seed(0)
     spec = save_clip_weights(load_clip(ClipSpec(model_name)), folder / "clip.safetensors")
@@ -57,7 +57,7 @@ def make_export(folder: Path, model_name: str) -> Path:
 
 
 def time_switch(export: Path, names: list[str], cache: Path, threads: int) -> list[dict]:
-    from mmadapter.export.runtime import ExportedModel
+    from mmadapter.runtime.model import ExportedModel
 
     model = ExportedModel(export, intra_op_threads=threads, bank_cache=cache)
     vocab = model.open_vocabulary
@@ -90,8 +90,8 @@ def time_switch(export: Path, names: list[str], cache: Path, threads: int) -> li
 
 def time_classify(export: Path, names: list[str], threads: int, batches: tuple[int, ...],
                   rounds: dict[int, int]) -> list[dict]:
-    from mmadapter.export.open_vocab import CLIP_IMAGE_EMBEDDING
-    from mmadapter.export.runtime import ExportedModel
+    from mmadapter.runtime.model import ExportedModel
+    from mmadapter.runtime.open_vocab import CLIP_IMAGE_EMBEDDING
 
     model = ExportedModel(export, intra_op_threads=threads, bank_cache=None)
     vocab = model.open_vocabulary

@@ -26,7 +26,7 @@ SMOKE = {"classes": 10, "shots": 2, "epochs": 2}
 
 def synthetic(num_classes: int, shots: int, dim: int, seed: int):
     """Text embeddings and images that are a class prototype, a trace of the class text, and noise."""
-    from mmadapter.train import EmbeddedSplit
+    from mmadapter.training.train import EmbeddedSplit
 
     g = torch.Generator().manual_seed(0)
     text = F.normalize(torch.randn(num_classes, dim, generator=g), dim=-1)
@@ -38,9 +38,9 @@ def synthetic(num_classes: int, shots: int, dim: int, seed: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmadapter.baselines import build_head
-    from mmadapter.config import TrainConfig
-    from mmadapter.train import train_head
+    from mmadapter.model.baselines import build_head
+    from mmadapter.model.config import TrainConfig
+    from mmadapter.training.train import train_head
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, default=100)

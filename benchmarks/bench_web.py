@@ -8,7 +8,7 @@ folder from it (``write_web``: the smallest validated image classifier), then
   WebAssembly backend forced (``?backend=wasm``), threads as the page picks them (cross-origin isolated:
   up to 4, capped by the browser's core count);
 - ``browser_page``: what the page reports per image for the generated images (preprocessing + model);
-- ``python_ort``: ``mmadapter.export.runtime.Session`` over the same file, batch 1, the same thread count.
+- ``python_ort``: ``mmadapter.runtime.model.Session`` over the same file, batch 1, the same thread count.
 
 Medians and p20/p80 after warm-up. CSV: benchmarks/results/web_cpu.csv (machine, versions, commit in
 every row). Run: ``python -m benchmarks.bench_web`` (``--models mmadapter-tiny ViT-B-16``).
@@ -32,11 +32,11 @@ CLASSES = tuple(f"class {i}" for i in range(10))
 def make_export(folder: Path, model_name: str) -> Path:
     import torch
 
-    from mmadapter.adapter import MultiModalAdapter
-    from mmadapter.backbone import load_clip, save_clip_weights
-    from mmadapter.checkpoint import CheckpointMeta, LabelSet, save_checkpoint
-    from mmadapter.config import AdapterConfig, ClipSpec
     from mmadapter.export.pipeline import export_checkpoint
+    from mmadapter.model.adapter import MultiModalAdapter
+    from mmadapter.model.backbone import load_clip, save_clip_weights
+    from mmadapter.model.checkpoint import CheckpointMeta, LabelSet, save_checkpoint
+    from mmadapter.model.config import AdapterConfig, ClipSpec
 
     torch.manual_seed(0)
     spec = save_clip_weights(load_clip(ClipSpec(model_name)), folder / "clip.safetensors")
@@ -87,7 +87,7 @@ def browser_times(site: Path, images: list[Path], repeats: int, warmup: int) -> 
 def python_times(path: Path, size: tuple[int, int], threads: int, repeats: int, warmup: int) -> list[float]:
     import time
 
-    from mmadapter.export.runtime import Session
+    from mmadapter.runtime.model import Session
 
     session = Session(path, ["cpu"], intra_op_threads=threads)
     pixels = np.sin(np.arange(3 * size[0] * size[1], dtype=np.float32)).reshape(1, 3, *size) * np.float32(1.5)

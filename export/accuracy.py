@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mmadapter.errors import DataError, ExportError
-from mmadapter.export.graphs import IMAGE_CLASSIFIER, LOGITS, PIXELS, TOLERANCES
+from mmadapter.runtime.graphs import IMAGE_CLASSIFIER, LOGITS, PIXELS, TOLERANCES
 
 AGREEMENT_MIN = 0.99  # int8 top-1 identical to fp32 on >= 99% of decisive inputs
 TIE_MARGIN = TOLERANCES["int8"].tie_margin
@@ -23,7 +23,7 @@ TIE_MARGIN = TOLERANCES["int8"].tie_margin
 def labelled_images(folder: Path, class_names: list[str]) -> tuple[list[Path], np.ndarray]:
     """Image paths and their label indices from ``folder/<class name>/*``; a sub-folder that is not
     one of the export's classes is one DataError line."""
-    from mmadapter.images import list_images
+    from mmadapter.runtime.images import list_images
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -46,8 +46,8 @@ def labelled_images(folder: Path, class_names: list[str]) -> tuple[list[Path], n
 
 def variants(model: Any) -> dict[str, Callable[[], Any]]:
     """Name -> session opener for every graph of the image classifier the export holds."""
-    from mmadapter.export.manifest import verified_file
-    from mmadapter.export.runtime import Session
+    from mmadapter.runtime.manifest import verified_file
+    from mmadapter.runtime.model import Session
 
     entry = model.manifest["graphs"][IMAGE_CLASSIFIER]
     batch_inputs = entry["batch_inputs"]
@@ -60,7 +60,7 @@ def variants(model: Any) -> dict[str, Callable[[], Any]]:
         if file is None:
             continue
         if kind == "openvino":
-            from mmadapter.export.openvino import make_session, verified_ir
+            from mmadapter.runtime.engines.openvino import make_session, verified_ir
 
             out[label] = lambda p=precision, f=entry["files"][precision]: make_session(
                 verified_ir(model.folder, model.manifest, f, IMAGE_CLASSIFIER, p), None, None, batch_inputs)
@@ -74,9 +74,9 @@ def evaluate_export(onnx_dir: str | Path, data_dir: str | Path, batch_size: int 
                     skip_openvino: bool = False) -> dict[str, Any]:
     """Top-1 per variant and agreement with fp32 (see the module docstring); raises one ExportError line
     when an int8 variant agrees with fp32 on fewer than :data:`AGREEMENT_MIN` of the decisive inputs."""
-    from mmadapter.export.preprocess import preprocess_batch
-    from mmadapter.export.runtime import ExportedModel
-    from mmadapter.images import ImageSkip, read_images
+    from mmadapter.runtime.images import ImageSkip, read_images
+    from mmadapter.runtime.model import ExportedModel
+    from mmadapter.runtime.preprocess import preprocess_batch
 
     model = ExportedModel(onnx_dir, ["cpu"])
     paths, labels = labelled_images(Path(data_dir), model.class_names)

@@ -1,6 +1,6 @@
 """Calibration images for the static int8 graphs (ONNX Runtime Q/DQ, OpenVINO + NNCF): where they come
 from, which are used to calibrate and which are held out to validate, all preprocessed exactly as
-serving does (:mod:`mmadapter.export.preprocess`).
+serving does (:mod:`mmadapter.runtime.preprocess`).
 
 Only real images calibrate: ``--calibration DIR`` (any folder of images, class sub-folders or not),
 or else the training images the checkpoint records when that folder is still reachable. Without
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from mmadapter.errors import ExportError
-from mmadapter.export.graphs import CLIP_IMAGE_EMBEDDING, IMAGE_EMBEDDING, LOGITS, PIXELS
-from mmadapter.images import IMAGE_EXTENSIONS, ImageSkip, is_image_file, read_images
+from mmadapter.runtime.graphs import CLIP_IMAGE_EMBEDDING, IMAGE_EMBEDDING, LOGITS, PIXELS
+from mmadapter.runtime.images import IMAGE_EXTENSIONS, ImageSkip, is_image_file, read_images
 
 MAX_CALIBRATION_IMAGES = 64  # ranges settle well before this (NNCF's 300 default costs 5x the export time)
 MAX_HOLDOUT_IMAGES = 32
@@ -68,7 +68,7 @@ def resolve_calibration_folder(calibration: str | Path | None, checkpoint: str |
                                                              else "folder not found"))
         image_files(folder)  # an empty folder is reported now, before any model is loaded
         return folder
-    from mmadapter.checkpoint import read_metadata
+    from mmadapter.model.checkpoint import read_metadata
 
     training = read_metadata(Path(checkpoint)).get("training")
     found = training_data_folder(training)
@@ -105,7 +105,7 @@ def split_order(count: int, seed: int = SEED) -> tuple[list[int], list[int]]:
 def load_calibration(folder: str | Path, preprocessing: Any, seed: int = SEED) -> CalibrationSet:
     """The calibration and held-out pixels of ``folder`` (see :func:`split_order`); unreadable images are
     skipped and counted, too few readable ones is an ExportError."""
-    from mmadapter.export.preprocess import preprocess_batch
+    from mmadapter.runtime.preprocess import preprocess_batch
 
     folder = Path(folder)
     files = image_files(folder)
@@ -173,7 +173,7 @@ def session_factory(kind: str, ort_factory: Any) -> Any:
     """How validation opens a file of this kind: OpenVINO for IR files, ONNX Runtime otherwise."""
     if kind != "openvino":
         return ort_factory
-    from mmadapter.export.openvino import CompiledGraph
+    from mmadapter.runtime.engines.openvino import CompiledGraph
 
     return lambda path: CompiledGraph(path)
 
@@ -185,7 +185,7 @@ def calibration_folder_for(*, int8: bool, openvino: bool, calibration: str | Pat
     Runtime alone it adds the static Q/DQ graph when images are there and otherwise leaves the dynamic int8
     graph on its own. ``--calibration`` without ``--int8`` is refused (it would do nothing)."""
     if openvino:
-        from mmadapter.export.openvino import openvino_unavailable_reason
+        from mmadapter.runtime.engines.openvino import openvino_unavailable_reason
 
         reason = openvino_unavailable_reason()
         if reason is not None:
@@ -196,7 +196,7 @@ def calibration_folder_for(*, int8: bool, openvino: bool, calibration: str | Pat
         return None
     if calibration is not None or openvino:
         return resolve_calibration_folder(calibration, checkpoint)
-    from mmadapter.checkpoint import read_metadata
+    from mmadapter.model.checkpoint import read_metadata
 
     try:
         found = training_data_folder(read_metadata(Path(checkpoint)).get("training"))

@@ -4,7 +4,7 @@ ONNX Runtime's transformer fusions, and reading a graph's I/O back for checks an
 Files per graph (``<name>`` from the spec):
 - ``<name>.onnx``: standard ONNX ops only (portable: TensorRT's parser, Triton, other runtimes);
 - ``<name>.ort.onnx``: the same graph after ONNX Runtime's transformer fusions (contrib ops such
-  as BiasGelu), the file :mod:`mmadapter.export.runtime` serves;
+  as BiasGelu), the file :mod:`mmadapter.runtime.model` serves;
 - with fp16, ``<name>.fp16.onnx`` and ``<name>.fp16.ort.onnx`` likewise;
 - with int8, ``<name>.int8.ort.onnx`` for graphs whose spec names ``int8_scopes`` (the image
   classifier): the image tower's transformer-block weights in int8 (ONNX Runtime dynamic
@@ -30,9 +30,9 @@ import torch
 
 from mmadapter.errors import ExportError
 from mmadapter.export.defaults import DEFAULT_OPSET, SUPPORTED_OPSETS
-from mmadapter.export.graphs import NUM_CLASSES
 from mmadapter.export.specs import EXPORT_BATCH, GraphSpec
 from mmadapter.files import first_line
+from mmadapter.runtime.graphs import NUM_CLASSES
 
 # The range is defined in defaults.py (the CLI reads it without torch). Checked on torch 2.14 / onnx
 # 1.23 / onnxruntime 1.32: below 17 the exporter silently writes opset 18 (LayerNormalization needs

@@ -26,7 +26,7 @@ import numpy as np
 
 from mmadapter.errors import ExportError
 from mmadapter.files import first_line
-from mmadapter.runtime.engines.openvino import XML_SUFFIX, _ov
+from mmadapter.runtime.engines.openvino import XML_SUFFIX, import_openvino
 
 
 def ir_name(onnx_name: str) -> str:
@@ -36,7 +36,7 @@ def ir_name(onnx_name: str) -> str:
 
 def convert_to_ir(onnx_path: Path, xml_path: Path) -> Path:
     """OpenVINO IR of an ONNX graph, weights as they are (fp32 stays fp32, Q/DQ stays int8)."""
-    ov = _ov()
+    ov = import_openvino()
     try:
         model = ov.convert_model(str(onnx_path))
         ov.save_model(model, str(xml_path), compress_to_fp16=False)
@@ -49,7 +49,7 @@ def quantize_nncf(onnx_path: Path, xml_path: Path, feeds: Sequence[dict[str, np.
     """NNCF post-training int8 of an ONNX graph read into OpenVINO, calibrated on ``feeds``; ``options`` go
     to ``nncf.quantize`` (none: NNCF's defaults, the benchmark's anchor). See the module docstring for why
     the export does not use it."""
-    ov = _ov()
+    ov = import_openvino()
     try:
         import nncf
     except ImportError:

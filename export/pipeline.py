@@ -29,10 +29,10 @@ from typing import Any
 from mmadapter.errors import ExportError, MMAdapterError
 from mmadapter.export import onnx_io
 from mmadapter.export.defaults import DEFAULT_MAX_CLASSES, DEFAULT_PROVIDERS
-from mmadapter.export.graphs import BATCH_AXES
-from mmadapter.export.manifest import file_entry, listed_files, package_versions, seal, sha256_file, write_manifest
 from mmadapter.export.tensorrt import BatchProfile
 from mmadapter.files import first_line, remove_stale_temps, temp_name
+from mmadapter.runtime.graphs import BATCH_AXES
+from mmadapter.runtime.manifest import file_entry, listed_files, package_versions, seal, sha256_file, write_manifest
 
 MAX_REPORTED_FAILURES = 6
 LOCK_SUFFIX = ".lock"
@@ -64,7 +64,7 @@ def check_export_arguments(*, opset: int = onnx_io.DEFAULT_OPSET, profile: Batch
     Raises one ExportError line naming the argument."""
     import warnings
 
-    from mmadapter.export.runtime import resolve_providers
+    from mmadapter.runtime.model import resolve_providers
 
     if not _is_int(opset) or opset not in onnx_io.SUPPORTED_OPSETS:
         raise ExportError(f"opset {opset!r} is not supported; choose {onnx_io.MIN_OPSET}-{onnx_io.MAX_OPSET}")
@@ -119,7 +119,7 @@ def _foreign_in_export(folder: Path) -> str | None:
 
 
 def _foreign_in_repository(folder: Path) -> str | None:
-    from mmadapter.export.serving import MARKER, written_files
+    from mmadapter.export.inference_server import MARKER, written_files
 
     owned = written_files(folder)
     for root, dirs, files in os.walk(folder):
@@ -165,7 +165,7 @@ def _inputs(checkpoint: Path) -> list[tuple[str, Path]]:
     """The checkpoint and the CLIP weights file it names (from its header; no tensors loaded)."""
     found = [("checkpoint", checkpoint.resolve())]
     try:
-        from mmadapter.checkpoint import read_metadata
+        from mmadapter.model.checkpoint import read_metadata
 
         weights = read_metadata(checkpoint).get("clip", {}).get("weights_path")
     except (MMAdapterError, OSError, AttributeError):
@@ -369,10 +369,10 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
     """Every file of the export into ``tmp`` (and the repository into ``repo_tmp``)."""
     import torch
 
-    from mmadapter.backbone import load_clip
-    from mmadapter.checkpoint import load_checkpoint
     from mmadapter.export.specs import build_specs
     from mmadapter.export.validate import build_cases, validate_graph
+    from mmadapter.model.backbone import load_clip
+    from mmadapter.model.checkpoint import load_checkpoint
 
     def step(name: str) -> None:
         bar.set_postfix_str(name)
@@ -395,7 +395,7 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
     specs = build_specs(clip.model, adapter, bank, meta.logit_scale, clip.image_size, context_length)
     bar.update()
     from mmadapter.export.calibration import load_calibration, write_calibrated_graphs
-    from mmadapter.export.preprocess import Preprocessing
+    from mmadapter.runtime.preprocess import Preprocessing
 
     if calibration is not None:
         step("calibration images")
@@ -452,7 +452,7 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
     tensorrt_error = None
     if tensorrt:
         step("tensorrt")
-        from mmadapter.export.tensorrt import tensorrt_unavailable_reason
+        from mmadapter.runtime.engines.tensorrt import tensorrt_unavailable_reason
 
         tensorrt_error = tensorrt_unavailable_reason()
         if tensorrt_error is None:
@@ -464,7 +464,7 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
     write_manifest(tmp, manifest)
     if repo_tmp is not None:
         step("serving repository")
-        from mmadapter.export.serving import write_model_repository
+        from mmadapter.export.inference_server import write_model_repository
 
         write_model_repository(tmp, repo_tmp, manifest, profile.max, "fp16" if fp16 else "fp32")
         bar.update()
@@ -476,7 +476,8 @@ def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, b
     import onnxruntime as ort
 
     from mmadapter.export.calibration import holdout_case, session_factory, validate_static
-    from mmadapter.export.runtime import resolve_providers, session_options
+    from mmadapter.runtime.engines.onnxruntime import session_options
+    from mmadapter.runtime.model import resolve_providers
 
     chosen = resolve_providers(providers)
     cases = build_cases(specs, clip, adapter, bank, meta.logit_scale, meta.label_set.templates)
@@ -506,8 +507,9 @@ def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, b
 def _validate_open_vocabulary(graphs, folder, tokenizer_fields, clip, adapter, meta, providers):
     import onnxruntime as ort
 
-    from mmadapter.export.runtime import resolve_providers, session_options
     from mmadapter.export.validate import validate_open_vocabulary
+    from mmadapter.runtime.engines.onnxruntime import session_options
+    from mmadapter.runtime.model import resolve_providers
 
     chosen = resolve_providers(providers)
     return validate_open_vocabulary(folder, graphs, tokenizer_fields, clip, adapter, meta.logit_scale,
@@ -516,7 +518,7 @@ def _validate_open_vocabulary(graphs, folder, tokenizer_fields, clip, adapter, m
 
 
 def _manifest(folder, checkpoint, meta, clip, graphs, opset, reports, validated, context_length) -> dict[str, Any]:
-    from mmadapter.export.preprocess import Preprocessing
+    from mmadapter.runtime.preprocess import Preprocessing
 
     tok = clip.tokenizer
     return {
@@ -547,7 +549,8 @@ def _build_engines(folder: Path, graphs: dict[str, Any], profile: BatchProfile, 
                    fp16: bool) -> dict[str, Any]:
     import tensorrt as trt
 
-    from mmadapter.export.tensorrt import build_engine, cuda_gpu, engine_filename
+    from mmadapter.export.tensorrt import build_engine, engine_filename
+    from mmadapter.runtime.engines.tensorrt import cuda_gpu
 
     gpu = cuda_gpu()
     precision = "fp16" if fp16 else "fp32"

@@ -4,11 +4,11 @@ A :class:`GraphSpec` names a graph's inputs and outputs, their dtypes and symbol
 module to trace and a sample-input factory. Everything downstream (export, fp16 conversion,
 validation, the manifest, TensorRT profiles, the Triton configs) reads these specs instead of
 repeating names and shapes. The names themselves (graphs, axes, tensors) live in
-:mod:`mmadapter.export.graphs`, a module without torch, because the serving runtime must use them
+:mod:`mmadapter.runtime.graphs`, a module without torch, because the serving runtime must use them
 without importing torch; this module imports them from there and is the only place they are bound
 to modules, shapes and validation.
 
-The wrappers below trace :mod:`mmadapter.functional` (plain torch ops, the exact fast path): there
+The wrappers below trace :mod:`mmadapter.model.functional` (plain torch ops, the exact fast path): there
 is no (N+1)^2 attention in any graph, only single-query attention over N cached keys.
 """
 
@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmadapter import functional
-from mmadapter.adapter import ClassBank, MultiModalAdapter
-from mmadapter.export.graphs import (  # noqa: F401 - the names, re-exported for the export side  # noqa: F401 - re-exported
+from mmadapter.model import functional
+from mmadapter.model.adapter import ClassBank, MultiModalAdapter
+from mmadapter.runtime.graphs import (  # noqa: F401 - the names, re-exported for the export side  # noqa: F401 - re-exported
     ADAPTER_HEAD,
     BATCH,
     CLASS_BANK,

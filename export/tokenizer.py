@@ -9,7 +9,14 @@ from typing import Any
 
 from mmadapter.errors import ExportError
 from mmadapter.files import atomic_write_text
-from mmadapter.runtime.tokenizer import CLEANING, KIND, SPECIAL_TOKENS, TOKENIZER_FILE, WORD_PATTERN, import_tokenizers
+from mmadapter.runtime.tokenizer import (
+    CLEANING,
+    KIND,
+    SPECIAL_TOKENS,
+    TOKENIZER_FILE,
+    WORD_PATTERN,
+    import_tokenizers,
+)
 
 
 def tokenizer_json(vocab: dict[str, int], merges: Sequence[tuple[str, str]]) -> str:

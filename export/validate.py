@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmadapter.adapter import ClassBank, MultiModalAdapter
-from mmadapter.backbone import FrozenClip, format_prompt
-from mmadapter.export.graphs import (
+from mmadapter.export.specs import EXPORT_BATCH, Case, GraphSpec, Reference
+from mmadapter.files import first_line
+from mmadapter.model.adapter import ClassBank, MultiModalAdapter
+from mmadapter.model.backbone import FrozenClip, format_prompt
+from mmadapter.runtime.graphs import (
     CLIP_IMAGE_EMBEDDING,
     IMAGE_CLASSIFIER,
     IMAGE_EMBEDDING,
@@ -37,11 +39,9 @@ from mmadapter.export.graphs import (
     VALUES,
     Tolerance,
 )
-from mmadapter.export.open_vocab import OpenVocabulary, head
-from mmadapter.export.specs import EXPORT_BATCH, Case, GraphSpec, Reference
-from mmadapter.export.tokenizer import ClipTokenizer
-from mmadapter.files import first_line
-from mmadapter.labels import check_class_names
+from mmadapter.runtime.labels import check_class_names
+from mmadapter.runtime.open_vocab import OpenVocabulary, head
+from mmadapter.runtime.tokenizer import ClipTokenizer
 
 VALIDATION_BATCHES = (1, 3, 17)
 # Views of graphs.TOLERANCES (the one table), for tests and benchmarks; change the table, not these.

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from mmadapter.errors import ExportError
-from mmadapter.export.graphs import GRAPH_NAMES, IMAGE_CLASSIFIER
-from mmadapter.export.manifest import read_manifest, verified_file
 from mmadapter.files import atomic_write_text, first_line, sha256_file, temp_name
-from mmadapter.images import MAX_ASPECT_RATIO, MAX_PIXELS, MAX_RESIZED_PIXELS
+from mmadapter.runtime.graphs import GRAPH_NAMES, IMAGE_CLASSIFIER
+from mmadapter.runtime.images import MAX_ASPECT_RATIO, MAX_PIXELS, MAX_RESIZED_PIXELS
+from mmadapter.runtime.manifest import read_manifest, verified_file
 
 ORT_WEB_VERSION = "1.30.0"
 # The registry's ``dist.integrity`` of onnxruntime-web-1.30.0.tgz.

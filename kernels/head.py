@@ -1,7 +1,7 @@
 """The adapter head on the Triton kernels, with an autograd backward.
 
 Forward runs the two fused kernels (``adapt_image_triton`` then ``adapted_logits_triton``). Backward is the
-torch fast path recomputed under ``enable_grad`` (``mmadapter.functional``): the head is O(N * C)
+torch fast path recomputed under ``enable_grad`` (``mmadapter.model.functional``): the head is O(N * C)
 per image, so recomputing it costs one more forward, and the gradients are exactly the fast path's.
 
 Triton is imported only when a kernel is launched, so this module (and ``mmadapter.kernels``)
@@ -26,7 +26,7 @@ def _launch(
 
 def _fast_path(inputs: tuple, num_heads: int, blend: float, logit_scale: float) -> tuple:
     # The model code is imported here only: kernel files stay free of it (docs/design.md §4).
-    from mmadapter import functional
+    from mmadapter.model import functional
 
     image_emb, text_emb, keys, values, *params = inputs
     return functional.adapter_head(

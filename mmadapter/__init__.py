@@ -3,19 +3,11 @@ training to fused kernels and exported engines."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from mmadapter.errors import CheckpointError, ConfigError, DataError, ExportError, MMAdapterError
 
 __version__ = "0.1.0"
-
-# Installed, `kernels/` and `export/` are the subpackages mmadapter.kernels and mmadapter.export
-# (pyproject.toml maps them). In a source checkout run without installing (the GPU check runs so),
-# they sit beside this package: make them importable under the same names.
-_checkout = Path(__file__).resolve().parent.parent
-if (_checkout / "pyproject.toml").is_file() and (_checkout / "kernels" / "__init__.py").is_file():
-    __path__.append(str(_checkout))  # noqa: F821 - the package's own __path__
 
 # Torch-backed names are imported on first use (PEP 562), so that ``mmadapter.runtime.model``
 # and ``mmadapter.errors`` import on a serving machine that has no torch.

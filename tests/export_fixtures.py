@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import torch
 
-from mmadapter.adapter import MultiModalAdapter
-from mmadapter.backbone import FrozenClip, load_clip
-from mmadapter.checkpoint import CheckpointMeta, LabelSet, save_checkpoint
-from mmadapter.config import AdapterConfig
+from mmadapter.model.adapter import MultiModalAdapter
+from mmadapter.model.backbone import FrozenClip, load_clip
+from mmadapter.model.checkpoint import CheckpointMeta, LabelSet, save_checkpoint
+from mmadapter.model.config import AdapterConfig
 
 from helpers import tiny_clip_spec
 

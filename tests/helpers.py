@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mmadapter.backbone import load_clip, save_clip_weights
-from mmadapter.config import ClipSpec
+from mmadapter.model.backbone import load_clip, save_clip_weights
+from mmadapter.model.config import ClipSpec
 
 
 def make_image_folder(root: Path, classes: list[str], per_class: int, size: int = 32, seed: int = 0) -> Path:

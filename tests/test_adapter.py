@@ -1,4 +1,4 @@
-"""The fast path (mmadapter.functional via MultiModalAdapter) against the paper's formulation
+"""The fast path (mmadapter.model.functional via MultiModalAdapter) against the paper's formulation
 (mmadapter.reference). Tolerances: tests/tolerances.py (docs/design.md §8.1)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmadapter import AdapterConfig, ClassBank, ConfigError, MultiModalAdapter
-from mmadapter.config import get_adapter_config, list_adapter_configs
+from mmadapter.model.config import get_adapter_config, list_adapter_configs
 from mmadapter.reference import ReferenceMultiModalAdapter, cross_modal_mask
 
 from tolerances import CACHED_LOGIT_ATOL, EMB_ATOL_FP32, GRAD_ATOL, GRAD_RTOL_OF_MAX, LOGIT_ATOL_FP32, assert_close

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from mmadapter import ClipSpec, ConfigError, MultiModalAdapter
-from mmadapter.backbone import FrozenClip, load_clip, save_clip_weights
+from mmadapter.model.backbone import FrozenClip, load_clip, save_clip_weights
 
 TINY = ClipSpec("mmadapter-tiny")
 

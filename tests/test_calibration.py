@@ -9,7 +9,7 @@ import pytest
 
 from mmadapter.errors import ExportError
 from mmadapter.export import calibration as cal
-from mmadapter.export.preprocess import Preprocessing
+from mmadapter.runtime.preprocess import Preprocessing
 
 from export_fixtures import make_checkpoint
 from helpers import make_image_folder

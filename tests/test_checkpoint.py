@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from mmadapter import AdapterConfig, CheckpointError, ClipSpec, MultiModalAdapter
-from mmadapter.checkpoint import (
+from mmadapter.errors import MMAdapterError
+from mmadapter.model.checkpoint import (
     FORMAT_VERSION,
     HASH_KEY,
     METADATA_KEY,
@@ -22,7 +23,6 @@ from mmadapter.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
-from mmadapter.errors import MMAdapterError
 
 
 def make_meta(embed_dim: int = 512) -> CheckpointMeta:

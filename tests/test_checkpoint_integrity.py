@@ -19,8 +19,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mmadapter import AdapterConfig, CheckpointError, ClipSpec, ConfigError, MultiModalAdapter
-from mmadapter.backbone import load_clip, save_clip_weights
-from mmadapter.checkpoint import (
+from mmadapter.data.embeddings import ClipProvider, EmbeddingCache, image_embeddings, text_embeddings
+from mmadapter.data.fewshot import image_folder_dataset
+from mmadapter.errors import DataError, MMAdapterError
+from mmadapter.files import FileWriteError, sha256_file
+from mmadapter.model.backbone import load_clip, save_clip_weights
+from mmadapter.model.checkpoint import (
     HASH_KEY,
     METADATA_KEY,
     CheckpointMeta,
@@ -31,13 +35,9 @@ from mmadapter.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
-from mmadapter.config import TrainConfig
-from mmadapter.data import image_folder_dataset
-from mmadapter.errors import DataError, MMAdapterError
-from mmadapter.experiment import open_dataset, train_checkpoint
-from mmadapter.features import ClipProvider, EmbeddingCache, image_embeddings, text_embeddings
-from mmadapter.files import FileWriteError, sha256_file
-from mmadapter.train import EmbeddedSplit, train_head
+from mmadapter.model.config import TrainConfig
+from mmadapter.training.train import EmbeddedSplit, train_head
+from mmadapter.training.workflow import open_dataset, train_checkpoint
 from tests.helpers import make_image_folder, synthetic_embeddings, tiny_clip_spec
 
 SMALL = AdapterConfig(embed_dim=32)
@@ -364,7 +364,7 @@ def test_safetensors_error_on_write_is_a_file_write_error(tmp_path: Path, monkey
 
 
 def test_diverging_loss_stops_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mmadapter.train as train_module
+    import mmadapter.training.train as train_module
 
     text, x, y = synthetic_embeddings(4, 8, 32)
     real = train_module.F.cross_entropy
@@ -399,7 +399,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_diverging_training_writes_no_checkpoint(tiny: dict[str, Any], tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import mmadapter.train as train_module
+    import mmadapter.training.train as train_module
 
     monkeypatch.setattr(train_module.F, "cross_entropy", lambda *a, **k: torch.tensor(float("inf"), requires_grad=True))
     out = tmp_path / "out" / "adapter.safetensors"

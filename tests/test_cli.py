@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mmadapter import cli
-from mmadapter.checkpoint import read_metadata
+from mmadapter.model.checkpoint import read_metadata
 from tests.helpers import make_image_folder, train_with_cli
 
 CLASSES = ["ant", "bee", "cat", "dog"]
@@ -105,7 +105,7 @@ def test_export_is_a_real_subcommand(monkeypatch: pytest.MonkeyPatch) -> None:
     from mmadapter.export.defaults import DEFAULT_OPSET, DEFAULT_PROFILE, DEFAULT_PROVIDERS
 
     seen: list[object] = []
-    monkeypatch.setattr(cli, "cmd_export", lambda args: seen.append(args) or 0)
+    monkeypatch.setattr(cli.commands, "cmd_export", lambda args: seen.append(args) or 0)
     assert cli.main(["export", "--checkpoint", "a.safetensors", "--out", "x"]) == 0
     assert export_cli.main(["--checkpoint", "a.safetensors", "--out", "x"]) == 0
     via_subcommand, via_script = (vars(a) for a in seen)
@@ -123,9 +123,9 @@ def test_predict_onnx_uses_the_runtime_and_prints_alike(trained: dict[str, Path]
         calls.append((onnx_dir, top_k, precision, strict))
         return [(p, [("ant", 0.75), ("bee", 0.25)][:top_k]) for p in image_paths]
 
-    fake = types.ModuleType("mmadapter.export.runtime")
+    fake = types.ModuleType("mmadapter.runtime.model")
     fake.classify_images = classify_images
-    monkeypatch.setitem(sys.modules, "mmadapter.export.runtime", fake)
+    monkeypatch.setitem(sys.modules, "mmadapter.runtime.model", fake)
     image = trained["data"] / "ant" / "001.png"
     assert cli.main(["predict", "--onnx", "exported", str(image), "--top-k", "2"]) == 0
     assert calls == [(Path("exported"), 2, "fp32", False)]
@@ -138,7 +138,7 @@ def test_keyboard_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_demo", interrupted)
+    monkeypatch.setattr(cli.commands, "cmd_demo", interrupted)
     assert cli.main(["demo", "--out", "unused"]) == 130
 
 
@@ -156,7 +156,7 @@ def test_sigterm_exits_143_after_cleanup(monkeypatch: pytest.MonkeyPatch) -> Non
         finally:
             cleaned.append(True)
 
-    monkeypatch.setattr(cli, "cmd_demo", terminated)
+    monkeypatch.setattr(cli.commands, "cmd_demo", terminated)
     assert cli.main(["demo", "--out", "unused"]) == 143
     assert cleaned == [True]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is only there while a command runs

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mmadapter import config
-from mmadapter.config import AdapterConfig, adapter_config_for_width, get_adapter_config
+from mmadapter.model import config
+from mmadapter.model.config import AdapterConfig, adapter_config_for_width, get_adapter_config
 
 
 @pytest.mark.parametrize("name,width", [("mma-vit-b", 512), ("mma-vit-l", 768), ("mma-vit-h", 1024)])

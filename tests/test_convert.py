@@ -19,15 +19,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mmadapter import cli
-from mmadapter.checkpoint import load_checkpoint, read_metadata
-from mmadapter.convert import (
+from mmadapter.errors import CheckpointError
+from mmadapter.files import sha256_file
+from mmadapter.model.authors_checkpoint import (
     AUTHORS_TO_OURS,
     convert_authors_state_dict,
     map_authors_state_dict,
     read_state_dict,
 )
-from mmadapter.errors import CheckpointError
-from mmadapter.files import sha256_file
+from mmadapter.model.checkpoint import load_checkpoint, read_metadata
 
 TINY_CLIP = "mmadapter-tiny"  # open_clip config registered by mmadapter; embedding width 512
 WIDTH = 512

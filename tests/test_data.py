@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmadapter.data import (
+from mmadapter.data.digits import DIGIT_NAMES, digit_images, write_digits_folder
+from mmadapter.data.fewshot import (
     base_novel_classes,
     few_shot_splits,
     image_folder_dataset,
@@ -18,8 +19,7 @@ from mmadapter.data import (
     records_identity,
     restrict,
 )
-from mmadapter.datasets import DATASETS, get_dataset_info, load_registered_dataset
-from mmadapter.digits import DIGIT_NAMES, digit_images, write_digits_folder
+from mmadapter.data.registry import DATASETS, get_dataset_info, load_registered_dataset
 from mmadapter.errors import DataError
 from tests.helpers import make_image_folder
 

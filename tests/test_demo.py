@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from mmadapter import cli
-from mmadapter.backbone import sha256_file
-from mmadapter.checkpoint import load_checkpoint
-from mmadapter.demo import RANDOM_WEIGHTS_NOTICE
+from mmadapter.cli.demo import RANDOM_WEIGHTS_NOTICE
+from mmadapter.model.backbone import sha256_file
+from mmadapter.model.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmadapter.baselines import ZeroShotClip
-from mmadapter.config import AdapterConfig, TrainConfig
-from mmadapter.evaluate import BaseNovelData, harmonic_mean, run_base_to_novel, write_report
-from mmadapter.train import EmbeddedSplit, accuracy
+from mmadapter.model.baselines import ZeroShotClip
+from mmadapter.model.config import AdapterConfig, TrainConfig
+from mmadapter.training.base_to_novel import BaseNovelData, harmonic_mean, run_base_to_novel, write_report
+from mmadapter.training.train import EmbeddedSplit, accuracy
 from tests.helpers import synthetic_embeddings
 
 DIM = 64

@@ -13,11 +13,11 @@ import pytest
 from mmadapter import cli as mmadapter_cli
 from mmadapter.errors import ExportError
 from mmadapter.export import cli, onnx_io, validate
-from mmadapter.export.graphs import TOLERANCES
-from mmadapter.export.preprocess import Preprocessing, preprocess_batch
-from mmadapter.export.runtime import PROVIDER_ORDER, ExportedModel, classify_images
 from mmadapter.export.specs import TensorSpec
 from mmadapter.export.validate import COSINE_MIN, TIE_MARGIN, Case, validate_graph
+from mmadapter.runtime.graphs import TOLERANCES
+from mmadapter.runtime.model import PROVIDER_ORDER, ExportedModel, classify_images
+from mmadapter.runtime.preprocess import Preprocessing, preprocess_batch
 
 from export_fixtures import ExportBundle
 

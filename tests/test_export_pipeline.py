@@ -22,8 +22,8 @@ import torch
 import mmadapter
 from mmadapter.errors import ExportError
 from mmadapter.export import cli, onnx_io
-from mmadapter.export.graphs import TOLERANCES
 from mmadapter.export.validate import sample_images
+from mmadapter.runtime.graphs import TOLERANCES
 
 from export_fixtures import CLASS_NAMES, ExportBundle, copying_exporter
 from tolerances import EXPORT_COSINE_MIN as COSINE_MIN

@@ -1,4 +1,4 @@
-"""``mmadapter.export.runtime`` and ``preprocess``: serving an export folder with ONNX Runtime and
+"""``mmadapter.runtime.model`` and ``preprocess``: serving an export folder with ONNX Runtime and
 numpy/PIL preprocessing, without torch; provider choice and reporting; bad images and files."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import pytest
 from PIL import Image
 
 from mmadapter.errors import DataError, ExportError, MMAdapterError
-from mmadapter.export import runtime
-from mmadapter.export.preprocess import Preprocessing, load_image, preprocess_batch, preprocess_image
-from mmadapter.export.runtime import ExportedModel, Session, classify_images, resolve_providers
 from mmadapter.export.validate import sample_images
-from mmadapter.images import ImageSkip
-from mmadapter.predict import predict_images
+from mmadapter.model.classify import predict_images
+from mmadapter.runtime.engines import onnxruntime as ort_engine
+from mmadapter.runtime.images import ImageSkip
+from mmadapter.runtime.model import ExportedModel, Session, classify_images, resolve_providers
+from mmadapter.runtime.preprocess import Preprocessing, load_image, preprocess_batch, preprocess_image
 
 from export_fixtures import CLASS_NAMES, ExportBundle
 
@@ -41,7 +41,7 @@ def png_folder(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def test_classify_images_matches_torch_predict(exported: ExportBundle, png_folder: list[Path]) -> None:
-    """ONNX Runtime with numpy preprocessing vs mmadapter.predict (open_clip preprocess + torch):
+    """ONNX Runtime with numpy preprocessing vs mmadapter.model.classify (open_clip preprocess + torch):
     identical top-1 on every image; top-3 probabilities within 1e-4."""
     served = classify_images(exported.out_dir, png_folder, top_k=3, batch_size=5)  # 5 does not divide 12
     reference = predict_images(exported.checkpoint, png_folder, top_k=3)
@@ -122,7 +122,7 @@ def test_session_reports_the_providers_it_really_got(exported: ExportBundle,
     if CUDA in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA: the silent fallback cannot be simulated")
     # onnxruntime-gpu whose CUDA libraries fail to load: asked for CUDA, silently given CPU.
-    monkeypatch.setattr(runtime, "resolve_providers", lambda requested=None: [CUDA, CPU])
+    monkeypatch.setattr(ort_engine, "resolve_providers", lambda requested=None: [CUDA, CPU])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # ORT's own warning about the unknown provider
         with pytest.warns(RuntimeWarning, match="fell back"):
@@ -226,7 +226,7 @@ import sys
 sys.modules["torch"] = None
 sys.modules["open_clip"] = None
 sys.modules["torchvision"] = None
-from mmadapter.export.runtime import classify_images
+from mmadapter.runtime.model import classify_images
 from mmadapter.errors import MMAdapterError
 out = classify_images({str(exported.out_dir)!r}, {[str(p) for p in png_folder[:4]]!r}, top_k=2)
 print([top[0][0] for _, top in out])

@@ -19,11 +19,11 @@ import pytest
 
 from mmadapter.errors import ExportError, MMAdapterError
 from mmadapter.export import onnx_io, pipeline
-from mmadapter.export.manifest import read_manifest
+from mmadapter.export.inference_server import MARKER
 from mmadapter.export.pipeline import check_destinations, check_export_arguments, export_checkpoint
-from mmadapter.export.serving import MARKER
 from mmadapter.export.tensorrt import BatchProfile
 from mmadapter.files import pid_alive
+from mmadapter.runtime.manifest import read_manifest
 
 from export_fixtures import ExportBundle, copying_exporter, make_checkpoint
 

@@ -12,7 +12,7 @@ from typing import Any
 import onnx
 import pytest
 
-from mmadapter.export.serving import MARKER, config_pbtxt, write_model_repository, written_files
+from mmadapter.export.inference_server import MARKER, config_pbtxt, write_model_repository, written_files
 
 from export_fixtures import ExportBundle
 

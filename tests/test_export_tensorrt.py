@@ -16,16 +16,10 @@ import pytest
 from mmadapter.errors import ExportError
 from mmadapter.export import cli, onnx_io
 from mmadapter.export import tensorrt as trt_mod
-from mmadapter.export.manifest import sha256_file
-from mmadapter.export.tensorrt import (
-    BatchProfile,
-    GpuInfo,
-    check_sidecar,
-    engine_filename,
-    make_sidecar,
-    sidecar_path,
-    tensorrt_unavailable_reason,
-)
+from mmadapter.export.tensorrt import BatchProfile, engine_filename, make_sidecar
+from mmadapter.runtime.engines import tensorrt as trt_engine
+from mmadapter.runtime.engines.tensorrt import GpuInfo, check_sidecar, sidecar_path, tensorrt_unavailable_reason
+from mmadapter.runtime.manifest import sha256_file
 
 from export_fixtures import ExportBundle, copying_exporter
 
@@ -114,16 +108,18 @@ def test_unavailable_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = types.ModuleType("tensorrt")
     fake.Builder = object
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr(trt_mod, "cuda_gpu", lambda: None)
+    monkeypatch.setattr(trt_engine, "cuda_gpu", lambda: None)
     assert "no CUDA GPU" in tensorrt_unavailable_reason()
-    monkeypatch.setattr(trt_mod, "cuda_gpu", lambda: H100)
+    monkeypatch.setattr(trt_engine, "cuda_gpu", lambda: H100)
     assert tensorrt_unavailable_reason() is None
 
 
 def test_module_uses_only_current_tensorrt_api() -> None:
     """TensorRT 10 removed these; the module must not call them (it cannot be run here)."""
-    tree = ast.parse(Path(trt_mod.__file__).read_text())  # code only: the docstring names them on purpose
-    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    used = set()
+    for module in (trt_mod, trt_engine):  # the builder and the loader; code only: docstrings name them on purpose
+        tree = ast.parse(Path(module.__file__).read_text())
+        used |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
     removed = {"max_workspace_size", "set_binding_shape", "execute_async_v2", "execute_v2", "get_binding_index",
                "get_binding_shape", "num_bindings", "build_engine", "build_cuda_engine", "EXPLICIT_BATCH",
                "binding_is_input", "set_flag"}  # set_flag: FP16 builder flags are gone in TensorRT 11

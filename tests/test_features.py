@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mmadapter.data import image_folder_dataset
+from mmadapter.data.embeddings import ClipProvider, EmbeddingCache, image_embeddings, labels_of, text_embeddings
+from mmadapter.data.fewshot import image_folder_dataset
 from mmadapter.errors import DataError
-from mmadapter.features import ClipProvider, EmbeddingCache, image_embeddings, labels_of, text_embeddings
 from tests.helpers import make_image_folder, tiny_clip_spec
 
 

@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mmadapter import AdapterConfig, ClipSpec, MultiModalAdapter
-from mmadapter.checkpoint import (
+from mmadapter.errors import MMAdapterError
+from mmadapter.model.checkpoint import (
     HASH_KEY,
     METADATA_KEY,
     CheckpointMeta,
@@ -34,7 +35,6 @@ from mmadapter.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
-from mmadapter.errors import MMAdapterError
 
 BASE = settings(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mmadapter.errors import DataError, ExportError, MMAdapterError
-from mmadapter.export.manifest import HASH_FIELD, MANIFEST, manifest_hash, read_manifest
-from mmadapter.export.runtime import ExportedModel
+from mmadapter.runtime.manifest import HASH_FIELD, MANIFEST, manifest_hash, read_manifest
+from mmadapter.runtime.model import ExportedModel
 
 from export_fixtures import ExportBundle
 

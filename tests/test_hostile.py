@@ -119,12 +119,12 @@ def test_bad_arguments_are_one_line(argv: list[str], words: list[str], tmp_path:
 
 def test_export_arguments_checked_before_any_work(work: dict[str, Path], capsys: pytest.CaptureFixture[str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import mmadapter.checkpoint
+    import mmadapter.model.checkpoint
 
     def no_loading(*args: object, **kwargs: object) -> None:
         raise AssertionError("the checkpoint was loaded before the arguments were checked")
 
-    monkeypatch.setattr(mmadapter.checkpoint, "load_checkpoint", no_loading)
+    monkeypatch.setattr(mmadapter.model.checkpoint, "load_checkpoint", no_loading)
     base = ["export", "--checkpoint", work["checkpoint"], "--out", work["root"] / "out", "--quiet"]
     for extra, word in ((["--opset", "12"], "opset"), (["--opset", "99"], "opset"),
                         (["--providers", "quantum"], "quantum"),
@@ -413,7 +413,7 @@ def test_clip_weights_that_do_not_fit_the_model(trained: dict[str, Path], tmp_pa
 
 def test_overflowing_weights_never_print_nan(exported: ExportBundle, work: dict[str, Path],
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from mmadapter.checkpoint import load_checkpoint, save_checkpoint
+    from mmadapter.model.checkpoint import load_checkpoint, save_checkpoint
 
     adapter, meta = load_checkpoint(work["checkpoint"], backend="torch")
     with torch.no_grad():

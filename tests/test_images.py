@@ -1,4 +1,4 @@
-"""The one image loader (mmadapter.images) on every path: per image mode, torch predict and ONNX Runtime
+"""The one image loader (mmadapter.runtime.images) on every path: per image mode, torch predict and ONNX Runtime
 serving agree and the numpy preprocessing equals open_clip's transform; 16-bit and float images keep
 their brightness; oversized, odd and corrupt images are skipped (or fatal with strict); non-finite logits
 are errors; class lists and class folders are checked."""
@@ -17,16 +17,16 @@ import pytest
 import torch
 from PIL import Image
 
-from mmadapter import data
-from mmadapter.backbone import FrozenClip
+from mmadapter.data import fewshot as data
 from mmadapter.errors import CheckpointError, DataError, ExportError
-from mmadapter.export import runtime
-from mmadapter.export.preprocess import Preprocessing, preprocess_image
-from mmadapter.export.preprocess import load_image as serving_load_image
-from mmadapter.export.runtime import classify_images
-from mmadapter.images import ImageReadError, ImageSkip, open_image
-from mmadapter.predict import count_skipped, format_predictions, parse_class_list, predict_images
-from mmadapter.predictions import rank
+from mmadapter.model.backbone import FrozenClip
+from mmadapter.model.classify import count_skipped, format_predictions, parse_class_list, predict_images
+from mmadapter.runtime import model as runtime
+from mmadapter.runtime.images import ImageReadError, ImageSkip, open_image
+from mmadapter.runtime.model import classify_images
+from mmadapter.runtime.preprocess import Preprocessing, preprocess_image
+from mmadapter.runtime.preprocess import load_image as serving_load_image
+from mmadapter.runtime.ranking import rank
 
 from export_fixtures import CLASS_NAMES, ExportBundle
 
@@ -264,9 +264,9 @@ import resource, sys
 sys.modules["torch"] = None
 sys.modules["open_clip"] = None
 import numpy, PIL.Image
-from mmadapter.images import read_images
-from mmadapter.predictions import format_predictions
-from mmadapter.export.preprocess import Preprocessing, preprocess_batch
+from mmadapter.runtime.images import read_images
+from mmadapter.runtime.ranking import format_predictions
+from mmadapter.runtime.preprocess import Preprocessing, preprocess_batch
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 out = read_images([{str(tall)!r}], short_side=224)
 preprocess_batch([i for i in out if hasattr(i, "mode")], Preprocessing((224, 224), (0.5,) * 3, (0.5,) * 3))
@@ -343,8 +343,8 @@ def test_class_folders_giving_the_same_prompt_are_refused_before_reading(
 
 def test_serving_side_modules_import_without_torch() -> None:
     code = ("import sys; sys.modules['torch'] = None; sys.modules['open_clip'] = None\n"
-            "import mmadapter.images, mmadapter.predictions, mmadapter.export.preprocess\n"
-            "from mmadapter.predictions import ImageSkip, collect_images, count_skipped, format_predictions, "
+            "import mmadapter.runtime.images, mmadapter.runtime.ranking, mmadapter.runtime.preprocess\n"
+            "from mmadapter.runtime.ranking import ImageSkip, collect_images, count_skipped, format_predictions, "
             "parse_class_list\nprint('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

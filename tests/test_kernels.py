@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmadapter import functional
-from mmadapter.adapter import MultiModalAdapter
-from mmadapter.config import AdapterConfig
+from mmadapter.model import functional
+from mmadapter.model.adapter import MultiModalAdapter
+from mmadapter.model.config import AdapterConfig
 from mmadapter.reference import ReferenceMultiModalAdapter
 
 from tolerances import (

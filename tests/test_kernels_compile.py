@@ -58,7 +58,7 @@ def _case(kernel: str, config: str, dtype: str, *, arch: int = 90, mode: int = 0
     return dict(id=name, kernel=kernel, config=config, dtype=dtype, arch=arch, mode=mode, batch=batch, cost=cost)
 
 
-# The adapter widths of mmadapter/configs/adapter/mma-vit-{b,l,h}.json: C = 512 / 768 / 1024, bottleneck C/4,
+# The adapter widths of mmadapter/model/configs/adapter/mma-vit-{b,l,h}.json: C = 512 / 768 / 1024, bottleneck C/4,
 # 4 heads. Tile shapes: vit-b DP 128, head dim 32; vit-l and vit-h both DP 256 and padded head dim 64 (vit-l's 48
 # is padded), so vit-h differs from vit-l only in loop trip counts and masks.
 #
@@ -126,8 +126,8 @@ def _compile_case(case: dict[str, Any]) -> dict[str, Any]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from mmadapter.config import get_adapter_config
     from mmadapter.kernels import adapter_attention, adapter_logits
+    from mmadapter.model.config import get_adapter_config
 
     cfg = get_adapter_config(case["config"])
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[case["dtype"]]

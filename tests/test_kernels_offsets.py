@@ -17,7 +17,7 @@ import pytest
 import torch
 from test_kernels import DEVICE, make_case
 
-from mmadapter import functional
+from mmadapter.model import functional
 
 from tolerances import EMB_ATOL_FP32, LOGIT_ATOL_FP32, assert_close
 

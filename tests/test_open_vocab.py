@@ -16,12 +16,13 @@ import torch
 
 from mmadapter.cli import main
 from mmadapter.errors import DataError, ExportError
-from mmadapter.export import onnx_io, open_vocab
+from mmadapter.export import onnx_io
 from mmadapter.export import validate as validate_module
-from mmadapter.export.open_vocab import CLIP_IMAGE_EMBEDDING, BankCache
 from mmadapter.export.pipeline import export_checkpoint
-from mmadapter.export.runtime import ExportedModel, classify_images
 from mmadapter.export.validate import LOGITS_ATOL_FP32, sample_images
+from mmadapter.runtime import open_vocab
+from mmadapter.runtime.model import ExportedModel, classify_images
+from mmadapter.runtime.open_vocab import CLIP_IMAGE_EMBEDDING, BankCache
 
 from export_fixtures import CLASS_NAMES, ExportBundle, copying_exporter
 from helpers import write_sample_images
@@ -41,7 +42,7 @@ def _own_bank_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="module")
 def pixels() -> np.ndarray:
-    from mmadapter.export.preprocess import Preprocessing, preprocess_batch
+    from mmadapter.runtime.preprocess import Preprocessing, preprocess_batch
 
     spec = Preprocessing((64, 64), (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
     return preprocess_batch(sample_images(9, seed=5), spec)

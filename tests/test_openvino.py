@@ -13,11 +13,11 @@ import pytest
 
 pytest.importorskip("openvino")
 from mmadapter import cli  # noqa: E402
-from mmadapter.checkpoint import CheckpointMeta, LabelSet, save_checkpoint  # noqa: E402
-from mmadapter.digits import DIGIT_NAMES, DIGITS_TEMPLATE, write_digits_folder  # noqa: E402
+from mmadapter.data.digits import DIGIT_NAMES, DIGITS_TEMPLATE, write_digits_folder  # noqa: E402
 from mmadapter.export import onnx_io  # noqa: E402
-from mmadapter.export.manifest import check_manifest  # noqa: E402
-from mmadapter.export.runtime import ExportedModel  # noqa: E402
+from mmadapter.model.checkpoint import CheckpointMeta, LabelSet, save_checkpoint  # noqa: E402
+from mmadapter.runtime.manifest import check_manifest  # noqa: E402
+from mmadapter.runtime.model import ExportedModel  # noqa: E402
 
 from export_fixtures import make_checkpoint  # noqa: E402
 
@@ -90,8 +90,8 @@ def test_validation_reports(ov_export) -> None:
 
 
 def _pixels(root: Path, digits: Path) -> np.ndarray:
-    from mmadapter.export.preprocess import Preprocessing, preprocess_batch
-    from mmadapter.images import read_images
+    from mmadapter.runtime.images import read_images
+    from mmadapter.runtime.preprocess import Preprocessing, preprocess_batch
 
     paths = sorted(digits.rglob("*.png"))[::7]
     spec = Preprocessing.from_dict(_manifest(root)["preprocessing"])
@@ -161,7 +161,7 @@ def test_errors_are_one_line(ov_export, tmp_path: Path, capsys: pytest.CaptureFi
     plain = tmp_path / "plain"
     shutil.copytree(root / "onnx", plain)
     m = json.loads((plain / "manifest.json").read_text())
-    from mmadapter.export.manifest import seal, write_manifest
+    from mmadapter.runtime.manifest import seal, write_manifest
 
     for entry in m["graphs"].values():
         for kinds in entry["files"].values():

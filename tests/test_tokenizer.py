@@ -1,4 +1,4 @@
-"""The torch-free tokenizer (``mmadapter.export.tokenizer``) against open_clip's own: identical token ids,
+"""The torch-free tokenizer (``mmadapter.runtime.tokenizer``) against open_clip's own: identical token ids,
 exact equality (no tolerance: ids are integers), on a corpus of 1,500 strings generated here plus hand-made
 boundary cases, at CLIP's context length and at short ones that force truncation."""
 
@@ -12,7 +12,8 @@ import open_clip
 import pytest
 
 from mmadapter.errors import ExportError
-from mmadapter.export.tokenizer import TOKENIZER_FILE, ClipTokenizer, write_tokenizer
+from mmadapter.export.tokenizer import write_tokenizer
+from mmadapter.runtime.tokenizer import TOKENIZER_FILE, ClipTokenizer
 
 CORPUS_SIZE = 1500
 

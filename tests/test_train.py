@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmadapter.adapter import MultiModalAdapter
-from mmadapter.backbone import load_clip
-from mmadapter.baselines import ClipAdapter, ZeroShotClip, build_head, head_logits
-from mmadapter.config import AdapterConfig, TrainConfig
 from mmadapter.errors import DataError
-from mmadapter.train import EmbeddedSplit, accuracy, predict_logits, train_head
+from mmadapter.model.adapter import MultiModalAdapter
+from mmadapter.model.backbone import load_clip
+from mmadapter.model.baselines import ClipAdapter, ZeroShotClip, build_head, head_logits
+from mmadapter.model.config import AdapterConfig, TrainConfig
+from mmadapter.training.train import EmbeddedSplit, accuracy, predict_logits, train_head
 from tests.helpers import synthetic_embeddings, tiny_clip_spec
 
 DIM = 64

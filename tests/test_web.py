@@ -15,8 +15,8 @@ import pytest
 from mmadapter import cli
 from mmadapter.errors import ExportError
 from mmadapter.export import web
-from mmadapter.export.graphs import GRAPH_NAMES
 from mmadapter.files import sha256_file
+from mmadapter.runtime.graphs import GRAPH_NAMES
 
 from export_fixtures import make_checkpoint
 

@@ -54,7 +54,7 @@ def _cached() -> bool:
 def write_images(folder: Path) -> list[Path]:
     """The demo's kind of images (digits at the model's size) and others that make the page resize:
     RGB, grey, JPEG, transparent and palette images of other sizes."""
-    from mmadapter.digits import digit_images
+    from mmadapter.data.digits import digit_images
 
     folder.mkdir()
     paths = []
@@ -122,7 +122,7 @@ def _predict_cli(export: Path, paths: list[Path], capsys: pytest.CaptureFixture[
 
 def test_page_matches_predict_onnx(browser_page, web_export: Path, tmp_path: Path,  # noqa: F811
                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from mmadapter.export.runtime import ExportedModel
+    from mmadapter.runtime.model import ExportedModel
 
     page, problems = browser_page
     paths = write_images(tmp_path / "images")
@@ -154,7 +154,7 @@ def test_page_matches_predict_onnx(browser_page, web_export: Path, tmp_path: Pat
 
 
 def test_new_label_set_without_reload(browser_page, web_export: Path, tmp_path: Path) -> None:  # noqa: F811
-    from mmadapter.export.runtime import ExportedModel
+    from mmadapter.runtime.model import ExportedModel
 
     page, problems = browser_page
     paths = write_images(tmp_path / "images")[:4]
@@ -176,9 +176,9 @@ def test_new_label_set_without_reload(browser_page, web_export: Path, tmp_path: 
 
 
 def test_tokenizer_matches_python(browser_page, web_export: Path) -> None:  # noqa: F811
-    """The page's BPE gives the export's tokenizer's ids (mmadapter.export.tokenizer) on ordinary label text,
+    """The page's BPE gives the export's tokenizer's ids (mmadapter.runtime.tokenizer) on ordinary label text,
     punctuation, accents, curly quotes, HTML entities, digits and a text over the context length."""
-    from mmadapter.export.runtime import ExportedModel
+    from mmadapter.runtime.model import ExportedModel
 
     page, _ = browser_page
     texts = ["a photo of a golden retriever.", "Hello  World’s &amp; café", "t-shirt (XL), 3 pcs!",

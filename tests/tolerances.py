@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from mmadapter.export.graphs import TOLERANCES as EXPORT_TOLERANCES
+from mmadapter.runtime.graphs import TOLERANCES as EXPORT_TOLERANCES
 
 # Max abs difference of fp32 logits (CLIP's scale, ~100) from reference.py: two summation orders differ by
 # ~1e-5; any formula error moves logits by 1e-2 or more.

@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import math
-import os
-import signal
-import sys
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
-from typing import Any, NoReturn
 
-from mmadapter.errors import DataError, MMAdapterError
-from mmadapter.files import first_line
+from mmadapter.cli.contract import UsageError
+from mmadapter.errors import MMAdapterError
 
 SEED_RANGE = (0, 2**32 - 1)  # what numpy and torch generators accept
 
@@ -68,7 +59,7 @@ def device_name(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
     if device == "cpu":
         return
     import torch
@@ -80,7 +71,7 @@ def _check_device(device: str) -> None:
         raise UsageError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA GPUs")
 
 
-def _existing_file(path: Path | None, flag: str) -> None:
+def existing_file(path: Path | None, flag: str) -> None:
     if path is not None and not path.is_file():
         raise UsageError(f"{flag} {path}: " + ("is a folder, not a file" if path.is_dir() else "file not found"))
 

@@ -4,22 +4,21 @@ argparse layers over typed functions."""
 from __future__ import annotations
 
 import argparse
-import logging
-import math
-import os
-import signal
 import sys
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
-from mmadapter.errors import DataError, MMAdapterError
-from mmadapter.files import first_line
-
-# -- subcommands -----------------------------------------------------------------------------------------
+from mmadapter.cli.arguments import (
+    check_device,
+    device_name,
+    existing_file,
+    positive_float,
+    positive_int,
+    seed_int,
+    template_text,
+)
+from mmadapter.cli.contract import EXIT_OK, ArgumentParser, UsageError
+from mmadapter.errors import DataError
 
 
 def _add_clip_args(p: argparse.ArgumentParser) -> None:
@@ -30,8 +29,8 @@ def _add_clip_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    from mmadapter.model.config import TrainConfig
     from mmadapter.data.fewshot import BASE_NOVEL_SPLITS
+    from mmadapter.model.config import TrainConfig
 
     p.add_argument("--data", type=Path, required=True,
                    help="an image folder (one sub-folder per class), or the root holding a registered dataset")
@@ -57,7 +56,7 @@ def _clip_spec(args: argparse.Namespace) -> Any:
     from mmadapter.model.config import ClipSpec
 
     if args.clip_weights is not None:
-        _existing_file(args.clip_weights, "--clip-weights")
+        existing_file(args.clip_weights, "--clip-weights")
         return ClipSpec(args.clip_model, None, str(args.clip_weights.resolve()), None)
     return ClipSpec(args.clip_model, args.pretrained or None)
 
@@ -75,13 +74,13 @@ def _train_config(args: argparse.Namespace) -> Any:
 def _check_data(args: argparse.Namespace) -> None:
     if not args.data.is_dir():
         raise UsageError(f"--data {args.data}: folder not found")
-    _check_device(args.device)
+    check_device(args.device)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from mmadapter.data.embeddings import ClipProvider
     from mmadapter.model.checkpoint import check_output_file
     from mmadapter.training.workflow import open_dataset, train_checkpoint
-    from mmadapter.data.fewshot.embeddings import ClipProvider
 
     config, spec = _train_config(args), _clip_spec(args)
     _check_data(args)
@@ -107,9 +106,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.out is None:
         raise UsageError("evaluate needs --out FOLDER for the report (or --onnx DIR to evaluate an export)")
+    from mmadapter.data.embeddings import ClipProvider
     from mmadapter.training.base_to_novel import write_report
     from mmadapter.training.workflow import evaluate_base_to_novel, open_dataset
-    from mmadapter.data.fewshot.embeddings import ClipProvider
 
     config, spec = _train_config(args), _clip_spec(args)
     _check_data(args)
@@ -132,9 +131,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.checkpoint is not None:
         from mmadapter.model.checkpoint import read_metadata
 
-        _existing_file(args.checkpoint, "--checkpoint")
+        existing_file(args.checkpoint, "--checkpoint")
         read_metadata(args.checkpoint)  # a bad checkpoint is reported before any image is looked at
-        _check_device(args.device)
+        check_device(args.device)
     classes = parse_class_list(args.classes) if args.classes is not None else None
     images = collect_images(args.images)
     if args.onnx is not None:
@@ -169,7 +168,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mmadapter.demo import run_demo
+    from mmadapter.cli.demo import run_demo
 
     if args.web:  # onnxruntime-web's files first: a missing npm is one line before the demo's minute of work
         from mmadapter.export.web import ort_web_files
@@ -199,13 +198,13 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from mmadapter.model.checkpoint import check_output_file, read_metadata
     from mmadapter.model.authors_checkpoint import convert_authors_state_dict
+    from mmadapter.model.checkpoint import check_output_file, read_metadata
     from mmadapter.runtime.labels import DEFAULT_TEMPLATE
     from mmadapter.runtime.ranking import parse_class_list
 
-    _existing_file(args.source, "source")
-    _existing_file(args.clip_weights, "--clip-weights")
+    existing_file(args.source, "source")
+    existing_file(args.clip_weights, "--clip-weights")
     check_output_file(args.out, args.overwrite)
     path = convert_authors_state_dict(
         args.source, clip_model=args.clip_model, pretrained=args.pretrained, clip_weights=args.clip_weights,
@@ -267,12 +266,12 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from mmadapter.export.pipeline import check_destinations, check_export_arguments, export_checkpoint
-    from mmadapter.runtime.engines.tensorrt import BatchProfile
+    from mmadapter.export.tensorrt import BatchProfile
 
     # Everything that needs no model, before the checkpoint is loaded: the values, then the folders.
     profile = check_export_arguments(opset=args.opset, profile=BatchProfile(args.min_batch, args.opt_batch,
                                      args.max_batch), max_classes=args.max_classes, providers=args.providers)
-    _existing_file(args.checkpoint, "--checkpoint")
+    existing_file(args.checkpoint, "--checkpoint")
     check_destinations(args.checkpoint, args.out, args.serving_repo, args.overwrite)
     if args.web is not None:
         from mmadapter.export.web import check_web_destination, ort_web_files

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from mmadapter.errors import DataError, MMAdapterError
+from mmadapter.errors import MMAdapterError
 from mmadapter.files import first_line
 
 EXIT_OK = 0

@@ -16,17 +16,17 @@ from pathlib import Path
 
 import torch
 
+from mmadapter.data.digits import DIGITS_TEMPLATE, write_digits_folder
+from mmadapter.data.embeddings import ClipProvider
+from mmadapter.data.fewshot import base_novel_classes, few_shot_splits, image_folder_dataset, restrict
+from mmadapter.errors import DataError
+from mmadapter.files import FileWriteError, first_line
 from mmadapter.model.backbone import load_clip, save_clip_weights
 from mmadapter.model.checkpoint import save_checkpoint
+from mmadapter.model.classify import Prediction, collect_images, format_predictions, predict_images
 from mmadapter.model.config import ClipSpec, TrainConfig
-from mmadapter.data.fewshot import base_novel_classes, few_shot_splits, image_folder_dataset, restrict
-from mmadapter.data.fewshot.digits import DIGITS_TEMPLATE, write_digits_folder
-from mmadapter.errors import DataError
 from mmadapter.training.base_to_novel import BaseToNovelReport, write_report
 from mmadapter.training.workflow import checkpoint_meta, evaluate_base_to_novel
-from mmadapter.data.fewshot.embeddings import ClipProvider
-from mmadapter.files import FileWriteError, first_line
-from mmadapter.model.classify import Prediction, collect_images, format_predictions, predict_images
 
 DEMO_CLIP_MODEL = "mmadapter-tiny"
 RANDOM_WEIGHTS_NOTICE = (

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mmadapter.model.backbone import FrozenClip, load_clip, pin_weights
-from mmadapter.model.config import ClipSpec
 from mmadapter.data.fewshot import ImageRecord, load_image, records_identity
 from mmadapter.files import write_cache_entry
+from mmadapter.model.backbone import FrozenClip, load_clip, pin_weights
+from mmadapter.model.config import ClipSpec
 
 CACHE_FORMAT_VERSION = 1
 

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmadapter.errors import ConfigError
 from mmadapter.model import functional
 from mmadapter.model.config import AdapterConfig
-from mmadapter.errors import ConfigError
 
 BACKENDS = ("torch", "triton", "auto")
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from mmadapter.model.checkpoint import CheckpointMeta, LabelSet, check_output_file, expected_shapes, save_checkpoint
-from mmadapter.model.config import AdapterConfig, ClipSpec, adapter_config_for_width
 from mmadapter.errors import CheckpointError, ConfigError, MMAdapterError
 from mmadapter.files import first_line, sha256_file
+from mmadapter.model.checkpoint import CheckpointMeta, LabelSet, check_output_file, expected_shapes, save_checkpoint
+from mmadapter.model.config import AdapterConfig, ClipSpec, adapter_config_for_width
 from mmadapter.runtime.labels import DEFAULT_TEMPLATE
 
 # The authors' parameter names (below the adapter's prefix) and ours.

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmadapter.model.config import CLIP_CONFIG_DIR, ClipSpec
 from mmadapter.errors import ConfigError
 from mmadapter.files import atomic_path, first_line, sha256_file
+from mmadapter.model.config import CLIP_CONFIG_DIR, ClipSpec
 from mmadapter.runtime.labels import format_prompt
 
 _registered = False

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from mmadapter.model.adapter import MultiModalAdapter
-from mmadapter.model.config import AdapterConfig, ClipSpec
 from mmadapter.errors import CheckpointError, ConfigError, MMAdapterError
 from mmadapter.files import FileWriteError, atomic_path, first_line, resolve_destination
+from mmadapter.model.adapter import MultiModalAdapter
+from mmadapter.model.config import AdapterConfig, ClipSpec
 from mmadapter.runtime.labels import DEFAULT_TEMPLATE, check_class_names, check_template
 
 FORMAT_NAME = "mmadapter-checkpoint"

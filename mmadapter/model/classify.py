@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
+from mmadapter.errors import CheckpointError, DataError
 from mmadapter.model.backbone import load_clip
 from mmadapter.model.checkpoint import load_checkpoint
-from mmadapter.errors import CheckpointError, DataError
 from mmadapter.runtime.images import ImageSkip, read_images
 from mmadapter.runtime.labels import check_class_names
 from mmadapter.runtime.ranking import (

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from mmadapter.errors import ExportError, MMAdapterError
-from mmadapter.runtime.graphs import IMAGE_CLASSIFIER, LOGITS, PIXELS
 from mmadapter.files import atomic_write_text, first_line, sha256_file
+from mmadapter.runtime.graphs import IMAGE_CLASSIFIER, LOGITS, PIXELS
 from mmadapter.runtime.labels import check_class_names, check_template
 
 MANIFEST = "manifest.json"

@@ -140,8 +140,8 @@ def classify_images(
     ``on_providers`` receives the execution providers each session really got. An unreadable, corrupt or
     oversized image is an ``ImageSkip`` in its place (``strict``: a DataError naming it); if none can be
     read, a DataError naming the first. Non-finite logits are an ExportError, never printed as nan."""
-    from mmadapter.runtime.open_vocab import scores
     from mmadapter.runtime.images import ImageSkip, read_images
+    from mmadapter.runtime.open_vocab import scores
     from mmadapter.runtime.ranking import check_some_read, in_order, rank
 
     if top_k < 1:

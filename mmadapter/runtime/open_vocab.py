@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from mmadapter.errors import DataError, ExportError
+from mmadapter.files import write_cache_entry
 from mmadapter.runtime.graphs import (  # noqa: F401 - CLIP_IMAGE_EMBEDDING, TEXT_GRAPHS: re-exported
     ADAPTER_HEAD,
     BANK_TENSORS,
@@ -44,7 +45,6 @@ from mmadapter.runtime.graphs import (  # noqa: F401 - CLIP_IMAGE_EMBEDDING, TEX
     TEXT_GRAPHS,
     VALUES,
 )
-from mmadapter.files import write_cache_entry
 from mmadapter.runtime.labels import check_class_names, check_template, format_prompt
 
 GraphRunner = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -286,8 +286,8 @@ def scores(model: Any, pixels: np.ndarray, class_names: Sequence[str] | None, te
 def model_pixels(model: Any, images: Any) -> np.ndarray:
     """Preprocessed pixels [B, 3, H, W] from an array (taken as is), or from file paths and PIL images
     (read by the project's one loader, an unreadable file a DataError naming it)."""
-    from mmadapter.runtime.preprocess import preprocess_batch
     from mmadapter.runtime.images import open_image
+    from mmadapter.runtime.preprocess import preprocess_batch
 
     if isinstance(images, np.ndarray):
         return images

@@ -1,7 +1,8 @@
 """CLIP's tokenizer without torch: open_clip's byte-level BPE run by Hugging Face ``tokenizers`` (Rust).
 
-At export, ``mmadapter.export.tokenizer.write_tokenizer`` turns the vocabulary and merges of the checkpoint's own open_clip
-tokenizer (``SimpleTokenizer``, built from open_clip's ``bpe_simple_vocab_16e6.txt.gz``) into a
+At export, ``mmadapter.export.tokenizer.write_tokenizer`` turns the vocabulary and merges of the
+checkpoint's own open_clip tokenizer (``SimpleTokenizer``, built from open_clip's ``bpe_simple_vocab_16e6.txt.gz``)
+into a
 ``tokenizer.json`` in the export folder, hashed in the manifest like every graph. On a serving
 machine :class:`ClipTokenizer` reads it back and gives the same token ids as open_clip:
 
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from mmadapter.errors import ExportError
-from mmadapter.files import atomic_write_text, first_line
+from mmadapter.files import first_line
 
 TOKENIZER_FILE = "tokenizer.json"
 KIND = "clip-bpe"
@@ -41,7 +42,7 @@ WORD_PATTERN = r"""(?i)<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p
 CLEANING = "ftfy.fix_text, html.unescape twice, strip, whitespace collapsed, lower-cased (open_clip 'lower')"
 
 
-def importimport_tokenizers() -> Any:
+def import_tokenizers() -> Any:
     try:
         import tokenizers
     except ImportError:

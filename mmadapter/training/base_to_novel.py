@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmadapter.files import atomic_write_text, atomic_write_with
 from mmadapter.model.baselines import HEAD_KINDS, build_head
 from mmadapter.model.config import AdapterConfig, TrainConfig
-from mmadapter.files import atomic_write_text, atomic_write_with
 from mmadapter.training.train import EmbeddedSplit, accuracy, train_head
 
 METHOD_TITLES = {"zero-shot-clip": "Zero-shot CLIP", "clip-adapter": "CLIP-Adapter", "mma": "Multi-Modal Adapter"}

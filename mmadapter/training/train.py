@@ -3,7 +3,7 @@
 stopping on validation accuracy with patience, the best weights kept, seeded shuffling.
 
 The same loop trains the Multi-Modal Adapter and the CLIP-Adapter baseline. The CLIP is not part of
-it at all: its embeddings were computed once (:mod:`mmadapter.data.fewshot.embeddings`).
+it at all: its embeddings were computed once (:mod:`mmadapter.data.embeddings`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmadapter.errors import DataError
 from mmadapter.model.adapter import MultiModalAdapter
 from mmadapter.model.baselines import head_logits
 from mmadapter.model.config import TrainConfig
-from mmadapter.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mmadapter.data.embeddings import ClipProvider, image_embeddings, labels_of, text_embeddings
+from mmadapter.data.fewshot import ImageDataset, base_novel_classes, few_shot_splits, image_folder_dataset, restrict
+from mmadapter.data.registry import load_registered_dataset
+from mmadapter.errors import DataError
 from mmadapter.model.baselines import build_head
 from mmadapter.model.checkpoint import CheckpointMeta, LabelSet, check_output_file, save_checkpoint
 from mmadapter.model.config import AdapterConfig, TrainConfig, adapter_config_for_width
-from mmadapter.data.fewshot import ImageDataset, base_novel_classes, few_shot_splits, image_folder_dataset, restrict
-from mmadapter.data.fewshot.registry import load_registered_dataset
-from mmadapter.errors import DataError
-from mmadapter.training.base_to_novel import BaseNovelData, BaseToNovelReport, run_base_to_novel
-from mmadapter.data.fewshot.embeddings import ClipProvider, image_embeddings, labels_of, text_embeddings
 from mmadapter.runtime.labels import check_template
+from mmadapter.training.base_to_novel import BaseNovelData, BaseToNovelReport, run_base_to_novel
 from mmadapter.training.train import EmbeddedSplit, TrainResult, accuracy, train_head
 
 
