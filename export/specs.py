@@ -259,7 +259,7 @@ def build_specs(
     context_length: int,
 ) -> list[GraphSpec]:
     """The graphs of one export, in export order."""
-    c, d, n = adapter.config.embed_dim, adapter.config.bottleneck_dim, bank.num_classes
+    c, d = adapter.config.embed_dim, adapter.config.bottleneck_dim
     h, w = image_size
     gen = torch.Generator().manual_seed(0)
 
@@ -285,57 +285,79 @@ def build_specs(
         sample = adapter.class_bank(torch.randn(k, c, generator=gen))
         return img, sample.text_emb, sample.keys, sample.values
 
-    f32 = "float32"
     return [
-        GraphSpec(
-            IMAGE_CLASSIFIER,
-            ImageClassifier(clip_model, adapter, bank, logit_scale).eval(),
-            (TensorSpec(PIXELS, f32, (BATCH, 3, h, w)),),
-            (TensorSpec(LOGITS, f32, (BATCH, n)), TensorSpec(IMAGE_EMBEDDING, f32, (BATCH, c)),
-             TensorSpec(CLIP_IMAGE_EMBEDDING, f32, (BATCH, c))),
-            pixels,
-            "preprocessed pixels -> logits over the checkpoint's label set, the adapted image embedding and "
-            "CLIP's unit-norm image embedding (adapter_head's input for any other label set)",
-            int8_scopes=("visual.transformer",),
-            cases=_classifier_cases,
-        ),
-        GraphSpec(
-            TEXT_ENCODER,
-            TextEncoder(clip_model).eval(),
-            (TensorSpec(INPUT_IDS, "int64", (TEXT_BATCH, context_length)),),
-            (TensorSpec(TEXT_EMBEDDING, f32, (TEXT_BATCH, c)),),
-            tokens,
-            "CLIP token ids -> unit-norm text embeddings",
-            cases=_text_cases,
-        ),
-        GraphSpec(
-            CLASS_BANK,
-            ClassBankBuilder(adapter).eval(),
-            (TensorSpec(CLASS_EMBEDDING, f32, (NUM_CLASSES, c)),),
-            (
-                TensorSpec(TEXT_EMB, f32, (NUM_CLASSES, c)),
-                TensorSpec(KEYS, f32, (NUM_CLASSES, d)),
-                TensorSpec(VALUES, f32, (NUM_CLASSES, d)),
-            ),
-            embeddings,
-            "class embeddings (mean over prompt templates) -> class bank for adapter_head",
-            batchable=False,
-            cases=_bank_cases,
-        ),
-        GraphSpec(
-            ADAPTER_HEAD,
-            AdapterHead(adapter, logit_scale).eval(),
-            (
-                TensorSpec(IMAGE_EMB, f32, (BATCH, c)),
-                TensorSpec(TEXT_EMB, f32, (NUM_CLASSES, c)),
-                TensorSpec(KEYS, f32, (NUM_CLASSES, d)),
-                TensorSpec(VALUES, f32, (NUM_CLASSES, d)),
-            ),
-            (TensorSpec(LOGITS, f32, (BATCH, NUM_CLASSES)), TensorSpec(IMAGE_EMBEDDING, f32, (BATCH, c))),
-            head_inputs,
-            "image embeddings + class bank of any size -> logits and adapted image embedding",
-            # The class bank has no batch axis, so Triton must not batch requests for this model.
-            batchable=False,
-            cases=_head_cases,
-        ),
+        _classifier_spec(clip_model, adapter, bank, logit_scale, image_size, pixels),
+        _text_encoder_spec(clip_model, c, context_length, tokens),
+        _class_bank_spec(adapter, c, d, embeddings),
+        _adapter_head_spec(adapter, logit_scale, c, d, head_inputs),
     ]
+
+
+SampleInputs = Callable[[dict[str, int]], tuple[torch.Tensor, ...]]
+F32 = "float32"
+
+
+def _classifier_spec(clip_model: nn.Module, adapter: MultiModalAdapter, bank: ClassBank, logit_scale: float,
+                     image_size: tuple[int, int], pixels: SampleInputs) -> GraphSpec:
+    c, n, (h, w) = adapter.config.embed_dim, bank.num_classes, image_size
+    return GraphSpec(
+        IMAGE_CLASSIFIER,
+        ImageClassifier(clip_model, adapter, bank, logit_scale).eval(),
+        (TensorSpec(PIXELS, F32, (BATCH, 3, h, w)),),
+        (TensorSpec(LOGITS, F32, (BATCH, n)), TensorSpec(IMAGE_EMBEDDING, F32, (BATCH, c)),
+         TensorSpec(CLIP_IMAGE_EMBEDDING, F32, (BATCH, c))),
+        pixels,
+        "preprocessed pixels -> logits over the checkpoint's label set, the adapted image embedding and "
+        "CLIP's unit-norm image embedding (adapter_head's input for any other label set)",
+        int8_scopes=("visual.transformer",),
+        cases=_classifier_cases,
+    )
+
+
+def _text_encoder_spec(clip_model: nn.Module, c: int, context_length: int, tokens: SampleInputs) -> GraphSpec:
+    return GraphSpec(
+        TEXT_ENCODER,
+        TextEncoder(clip_model).eval(),
+        (TensorSpec(INPUT_IDS, "int64", (TEXT_BATCH, context_length)),),
+        (TensorSpec(TEXT_EMBEDDING, F32, (TEXT_BATCH, c)),),
+        tokens,
+        "CLIP token ids -> unit-norm text embeddings",
+        cases=_text_cases,
+    )
+
+
+def _class_bank_spec(adapter: MultiModalAdapter, c: int, d: int, embeddings: SampleInputs) -> GraphSpec:
+    return GraphSpec(
+        CLASS_BANK,
+        ClassBankBuilder(adapter).eval(),
+        (TensorSpec(CLASS_EMBEDDING, F32, (NUM_CLASSES, c)),),
+        (
+            TensorSpec(TEXT_EMB, F32, (NUM_CLASSES, c)),
+            TensorSpec(KEYS, F32, (NUM_CLASSES, d)),
+            TensorSpec(VALUES, F32, (NUM_CLASSES, d)),
+        ),
+        embeddings,
+        "class embeddings (mean over prompt templates) -> class bank for adapter_head",
+        batchable=False,
+        cases=_bank_cases,
+    )
+
+
+def _adapter_head_spec(adapter: MultiModalAdapter, logit_scale: float, c: int, d: int,
+                       head_inputs: SampleInputs) -> GraphSpec:
+    return GraphSpec(
+        ADAPTER_HEAD,
+        AdapterHead(adapter, logit_scale).eval(),
+        (
+            TensorSpec(IMAGE_EMB, F32, (BATCH, c)),
+            TensorSpec(TEXT_EMB, F32, (NUM_CLASSES, c)),
+            TensorSpec(KEYS, F32, (NUM_CLASSES, d)),
+            TensorSpec(VALUES, F32, (NUM_CLASSES, d)),
+        ),
+        (TensorSpec(LOGITS, F32, (BATCH, NUM_CLASSES)), TensorSpec(IMAGE_EMBEDDING, F32, (BATCH, c))),
+        head_inputs,
+        "image embeddings + class bank of any size -> logits and adapted image embedding",
+        # The class bank has no batch axis, so Triton must not batch requests for this model.
+        batchable=False,
+        cases=_head_cases,
+    )
