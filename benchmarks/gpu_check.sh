@@ -7,9 +7,11 @@
 #    (+ plot if matplotlib is there) into $OUT. Copy the CSVs/PNGs into benchmarks/results/ and commit them.
 # Needs torch, Triton and pytest only: no open_clip, no network. The tests run without tests/conftest.py,
 # whose export fixtures need open_clip; on a GPU it only sets what a GPU run does not need.
-# mmadapter.kernels is the kernels/ folder installed under the mmadapter namespace (pyproject.toml). When
-# this checkout is not installed, it is installed in editable mode into this Python, without dependencies
-# or network (pip and setuptools >= 70.1 needed; the machine is expected to be a throwaway one).
+# mmadapter.kernels is the kernels/ folder installed under the mmadapter namespace (pyproject.toml); a bare
+# checkout does not provide that name (the package holds only its own folder). When this checkout is not
+# installed, it is installed in editable mode into this Python, without dependencies or network (pip and
+# setuptools new enough for pyproject.toml's [build-system] needed; the machine is expected to be a
+# throwaway one).
 # Every step has its own time limit, so the whole run stays under ~8 minutes on an H200.
 set -u
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
