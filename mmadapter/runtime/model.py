@@ -11,10 +11,16 @@ import numpy as np
 
 from mmadapter.errors import DataError, ExportError
 from mmadapter.files import first_line
-from mmadapter.runtime.engines.onnxruntime import ENGINES, PROVIDER_ORDER, Session, resolve_providers
+from mmadapter.runtime.engines import open_session
+from mmadapter.runtime.engines.onnxruntime import PROVIDER_ORDER, resolve_providers
 from mmadapter.runtime.graphs import IMAGE_CLASSIFIER, LOGITS, PIXELS
 from mmadapter.runtime.manifest import read_manifest, verified_file
 from mmadapter.runtime.preprocess import Preprocessing, preprocess_batch
+from mmadapter.runtime.session import Session
+
+# The engines an export folder's manifest names files for; TensorRT engines are served by Triton
+# (export --serving-repo), not from here.
+SERVED_ENGINES = ("onnxruntime", "openvino")
 
 
 class ExportedModel:
@@ -24,8 +30,8 @@ class ExportedModel:
                  intra_op_threads: int | None = None, bank_cache: str | Path | bool | None = True,
                  engine: str = "onnxruntime", device: str | None = None):
         self.folder = Path(folder)
-        if engine not in ENGINES:
-            raise ExportError(f"unknown engine {engine!r}; choose {' or '.join(ENGINES)}")
+        if engine not in SERVED_ENGINES:
+            raise ExportError(f"unknown engine {engine!r}; choose {' or '.join(SERVED_ENGINES)}")
         self.engine, self.device = engine, device  # device: OpenVINO's (CPU, GPU, NPU, ...), passed through
         # True: the default folder (open_vocab.default_cache_dir); a path; None/False: no class bank cache.
         self.bank_cache = bank_cache
@@ -62,15 +68,12 @@ class ExportedModel:
     def session(self, graph: str, precision: str | None = None) -> Session:
         key = (graph, precision or self.precision)
         if key not in self._sessions:
-            first = resolve_providers(self.providers)[0]
-            path = self.graph_file(graph, first, key[1])
-            batch_inputs = self.manifest["graphs"][graph]["batch_inputs"]
-            if self.engine == "openvino":
-                from mmadapter.runtime.engines.openvino import make_session
-
-                session = make_session(path, self.device, self.intra_op_threads, batch_inputs)
-            else:
-                session = Session(path, self.providers, self.intra_op_threads, batch_inputs)
+            on_ort = self.engine == "onnxruntime"
+            path = self.graph_file(graph, resolve_providers(self.providers)[0] if on_ort else None, key[1])
+            where = {"providers": self.providers} if on_ort else {"device": self.device}
+            graph_session = open_session(path, engine=self.engine, precision=key[1], threads=self.intra_op_threads,
+                                         **where)
+            session = Session(graph_session, batch_axis_inputs=self.manifest["graphs"][graph]["batch_inputs"])
             if graph == IMAGE_CLASSIFIER:
                 self._check_classifier(session)
             self._sessions[key] = session
@@ -103,8 +106,8 @@ class ExportedModel:
     def _check_classifier(self, session: Session) -> None:
         """The graph itself (not only the manifest) must give one logit per class name and take
         images of the preprocessing's size: a label set of another length would mislabel."""
-        outputs = {o.name: o.shape for o in session.sess.get_outputs()}
-        inputs = {i.name: i.shape for i in session.sess.get_inputs()}
+        outputs = {o.name: o.shape for o in session.graph.get_outputs()}
+        inputs = {i.name: i.shape for i in session.graph.get_inputs()}
         logits, pixels = outputs.get(LOGITS), inputs.get(PIXELS)
         name = session.path.name
         if logits is None or len(logits) != 2 or logits[1] != len(self.class_names):
