@@ -83,6 +83,10 @@ class ExportedModel:
         """The execution providers each session opened so far really got, by graph file."""
         return {s.path.name: list(s.providers) for s in self._sessions.values()}
 
+    def session_runs(self) -> dict[str, str]:
+        """What each session opened so far really runs (engine, providers or device, precision), by graph file."""
+        return {s.path.name: s.describe() for s in self._sessions.values()}
+
     @property
     def open_vocabulary(self) -> Any:
         """Tokenizer, text encoder, class bank and adapter head for label sets other than the folded one
@@ -135,12 +139,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def classify_images(
     onnx_dir: Path, image_paths: list[Path], top_k: int = 5, *, providers: Sequence[str] | None = None,
     batch_size: int = 32, precision: str = "fp32", strict: bool = False, class_names: Sequence[str] | None = None,
-    templates: Sequence[str] | None = None, on_providers: Callable[[dict[str, list[str]]], None] | None = None,
+    templates: Sequence[str] | None = None, on_sessions: Callable[[dict[str, str]], None] | None = None,
     engine: str = "onnxruntime", device: str | None = None,
 ) -> list[Any]:
     """Top-k (class name, probability) per image, probabilities from the softmax of the logits
     over the exported label set (or ``class_names``: open vocabulary), in input order.
-    ``on_providers`` receives the execution providers each session really got. An unreadable, corrupt or
+    ``on_sessions`` receives what each session really ran (``ExportedModel.session_runs``). An unreadable, corrupt or
     oversized image is an ``ImageSkip`` in its place (``strict``: a DataError naming it); if none can be
     read, a DataError naming the first. Non-finite logits are an ExportError, never printed as nan."""
     from mmadapter.runtime.images import ImageSkip, read_images
@@ -166,6 +170,6 @@ def classify_images(
             names, logits = scores(model, pixels, class_names, templates, batch_size)
             ranked = rank(logits, [p for p, _ in good], names, top_k, ExportError)
         results.extend(in_order(loaded, ranked))
-    if on_providers is not None:
-        on_providers(model.session_providers())
+    if on_sessions is not None:
+        on_sessions(model.session_runs())
     return check_some_read(results)
