@@ -5,9 +5,9 @@ plot: benchmarks/plot_export.py.
 
 Rows per batch size:
 - ``torch_eager``: ``torch.inference_mode()``, ``torch.set_num_threads(physical cores)``;
-- ``ort_default``: the portable graph, default SessionOptions;
+- ``ort_default``: the portable graph, serving's session options with ONNX Runtime's own thread count;
 - ``ort_tuned``: the graph after ONNX Runtime's transformer fusions (the served ``.ort.onnx``),
-  ORT_ENABLE_ALL, sequential execution, intra-op threads = cores, one inter-op thread;
+  ORT_ENABLE_ALL, sequential execution, intra-op threads = cores;
 - ``ort_int8``: ``export --int8``'s graph (the image tower's transformer-block MatMuls dynamically
   quantized to int8, the rest fp32), same session options; its cosine to torch is printed too;
 - ``ort_int8_static``: the calibrated Q/DQ graph (``image_classifier.int8.onnx``), ONNX Runtime;
@@ -105,17 +105,12 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min())
 
 
-def ort_session(path: Path, tuned: bool, providers: list[str], threads: int):
-    import onnxruntime as ort
+def ort_session(path: Path, tuned: bool, providers: list[str], threads: int, precision: str = "fp32"):
+    """A session as served (mmadapter.runtime.engines.open_session); ``tuned``: intra-op threads = cores,
+    otherwise ONNX Runtime's own thread count (its other defaults are what serving sets)."""
+    from mmadapter.runtime.engines import open_session
 
-    opts = ort.SessionOptions()
-    if tuned:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=providers)
+    return open_session(path, precision=precision, providers=providers, threads=threads if tuned else None)
 
 
 def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, dict[str, float]]:
@@ -142,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime as ort
 
+    from mmadapter.errors import ExportError
     from mmadapter.export.onnx_io import export_graph, optimize_for_ort, quantize_int8, quantize_static_int8
     from mmadapter.export.validate import COSINE_MIN, sample_images
     from mmadapter.runtime.preprocess import Preprocessing, preprocess_batch
@@ -178,18 +174,19 @@ def main(argv: list[str] | None = None) -> int:
         sessions = {
             "ort_default": ort_session(portable, False, ["CPUExecutionProvider"], threads),
             "ort_tuned": ort_session(fused, True, ["CPUExecutionProvider"], threads),
-            "ort_int8": ort_session(int8, True, ["CPUExecutionProvider"], threads),
-            "ort_int8_static": ort_session(qdq, True, ["CPUExecutionProvider"], threads),
+            "ort_int8": ort_session(int8, True, ["CPUExecutionProvider"], threads, "int8"),
+            "ort_int8_static": ort_session(qdq, True, ["CPUExecutionProvider"], threads, "int8"),
         }
         try:
             from mmadapter.export.openvino import convert_to_ir, quantize_nncf
-            from mmadapter.runtime.engines.openvino import CompiledGraph
+            from mmadapter.runtime.engines import open_session
 
-            ov_files = {"ov_fp32": convert_to_ir(portable, Path(tmp) / "ov32.xml"),
-                        "ov_int8": convert_to_ir(qdq, Path(tmp) / "ov8.xml"),
-                        "ov_nncf_default": quantize_nncf(portable, Path(tmp) / "nncf.xml", calib)}
-            sessions.update({k: CompiledGraph(v, "CPU", threads) for k, v in ov_files.items()})
-        except ImportError as exc:
+            ov_files = {"ov_fp32": (convert_to_ir(portable, Path(tmp) / "ov32.xml"), "fp32"),
+                        "ov_int8": (convert_to_ir(qdq, Path(tmp) / "ov8.xml"), "int8"),
+                        "ov_nncf_default": (quantize_nncf(portable, Path(tmp) / "nncf.xml", calib), "int8")}
+            sessions.update({k: open_session(v, engine="openvino", precision=p, device="CPU", threads=threads)
+                             for k, (v, p) in ov_files.items()})
+        except (ImportError, ExportError) as exc:  # OpenVINO missing is an ExportError from the engine
             print(f"OpenVINO rows skipped: {exc}", file=sys.stderr)
         if "CUDAExecutionProvider" in available:
             sessions["ort_cuda"] = ort_session(fused, True, ["CUDAExecutionProvider"], threads)
@@ -223,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({
                     "model": "ViT-B-16 + adapter (random weights)", "classes": args.classes, "batch": batch,
                     "backend": name, "threads": threads, **{k: round(v, 3) for k, v in r.items()},
+                    # What really ran (providers or device, and the precision OpenVINO reports it computes in).
+                    "runs": sessions[name].describe() if name in sessions else "torch eager",
                     "images_per_s": round(batch / r["median_ms"] * 1e3, 2),
                     "speedup_vs_torch": round(base / r["median_ms"], 3),
                     "min_cosine_vs_torch": round(cosines[name], 7),

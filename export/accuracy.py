@@ -46,6 +46,7 @@ def labelled_images(folder: Path, class_names: list[str]) -> tuple[list[Path], n
 
 def variants(model: Any) -> dict[str, Callable[[], Any]]:
     """Name -> session opener for every graph of the image classifier the export holds."""
+    from mmadapter.runtime.engines import open_session
     from mmadapter.runtime.manifest import verified_file
     from mmadapter.runtime.model import Session
 
@@ -60,13 +61,15 @@ def variants(model: Any) -> dict[str, Callable[[], Any]]:
         if file is None:
             continue
         if kind == "openvino":
-            from mmadapter.runtime.engines.openvino import make_session, verified_ir
+            from mmadapter.runtime.engines.openvino import verified_ir
 
-            out[label] = lambda p=precision, f=entry["files"][precision]: make_session(
-                verified_ir(model.folder, model.manifest, f, IMAGE_CLASSIFIER, p), None, None, batch_inputs)
+            out[label] = lambda p=precision, f=entry["files"][precision]: Session(open_session(
+                verified_ir(model.folder, model.manifest, f, IMAGE_CLASSIFIER, p), engine="openvino", precision=p),
+                batch_axis_inputs=batch_inputs)
         else:
-            out[label] = lambda f=file: Session(verified_file(model.folder, model.manifest, f), ["cpu"], None,
-                                                batch_inputs)
+            out[label] = lambda p=precision, f=file: Session(open_session(
+                verified_file(model.folder, model.manifest, f), precision=p, providers=["cpu"]),
+                batch_axis_inputs=batch_inputs)
     return out
 
 

@@ -169,15 +169,6 @@ def holdout_case(clip: Any, adapter: Any, bank: Any, logit_scale: float, pixels:
     return Case(f"{len(pixels)} held-out calibration images", {PIXELS: pixels}, expected)
 
 
-def session_factory(kind: str, ort_factory: Any) -> Any:
-    """How validation opens a file of this kind: OpenVINO for IR files, ONNX Runtime otherwise."""
-    if kind != "openvino":
-        return ort_factory
-    from mmadapter.runtime.engines.openvino import CompiledGraph
-
-    return lambda path: CompiledGraph(path)
-
-
 def calibration_folder_for(*, int8: bool, openvino: bool, calibration: str | Path | None,
                            checkpoint: str | Path) -> Path | None:
     """The folder the export calibrates with, checked before any model is loaded: ``--calibration`` or the

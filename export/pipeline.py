@@ -471,12 +471,21 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
     return manifest, reports, tensorrt_error
 
 
+def _opener(kind: str, precision: str, providers: list[str]) -> Callable[[Path], Any]:
+    """How validation opens a file of this kind at its precision: OpenVINO for IR files (on the CPU),
+    ONNX Runtime with the chosen providers otherwise."""
+    import functools
+
+    from mmadapter.runtime.engines import open_session
+
+    if kind == "openvino":
+        return functools.partial(open_session, engine="openvino", precision=precision)
+    return functools.partial(open_session, engine="onnxruntime", precision=precision, providers=providers)
+
+
 def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, build_cases, validate_graph,
                   calibration=None):
-    import onnxruntime as ort
-
-    from mmadapter.export.calibration import holdout_case, session_factory, validate_static
-    from mmadapter.runtime.engines.onnxruntime import session_options
+    from mmadapter.export.calibration import holdout_case, validate_static
     from mmadapter.runtime.model import resolve_providers
 
     chosen = resolve_providers(providers)
@@ -487,8 +496,7 @@ def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, b
     for spec in specs:
         for precision, files in graphs[spec.name]["files"].items():
             for kind, name in files.items():
-                factory = session_factory(kind, lambda p: ort.InferenceSession(str(p), session_options(),
-                                                                               providers=chosen))
+                factory = _opener(kind, precision, chosen)
                 if precision == "int8" and kind != "ort" and held_out:  # calibrated: see validate_static
                     report = validate_static(validate_graph, folder / name, spec, cases[spec.name], held_out[0],
                                              factory)
@@ -505,16 +513,19 @@ def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, b
 
 
 def _validate_open_vocabulary(graphs, folder, tokenizer_fields, clip, adapter, meta, providers):
-    import onnxruntime as ort
-
     from mmadapter.export.validate import validate_open_vocabulary
-    from mmadapter.runtime.engines.onnxruntime import session_options
     from mmadapter.runtime.model import resolve_providers
 
     chosen = resolve_providers(providers)
+    # The path runs .ort.onnx files of several precisions (int8 images, fp32 text): each opens at its own.
+    precision_of = {files["ort"]: precision for entry in graphs.values()
+                    for precision, files in entry["files"].items() if "ort" in files}
+
+    def opener(path: Path) -> Any:
+        return _opener("ort", precision_of.get(path.name, "fp32"), chosen)(path)
+
     return validate_open_vocabulary(folder, graphs, tokenizer_fields, clip, adapter, meta.logit_scale,
-                                    meta.label_set.class_names, meta.label_set.templates,
-                                    lambda p: ort.InferenceSession(str(p), session_options(), providers=chosen))
+                                    meta.label_set.class_names, meta.label_set.templates, opener)
 
 
 def _manifest(folder, checkpoint, meta, clip, graphs, opset, reports, validated, context_length) -> dict[str, Any]:

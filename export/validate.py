@@ -185,13 +185,14 @@ def validate_graph(
     precision: str,
     session_factory: Callable[[Path], Any],
 ) -> GraphReport:
-    """Run every case through an ONNX Runtime session and collect every failure."""
+    """Run every case through the engine session ``session_factory`` opens (see
+    :func:`mmadapter.runtime.engines.open_session`) and collect every failure."""
     report = GraphReport(path.name, precision, tolerance=spec.tolerances[precision])
     fail = report.failures.append
     try:
         sess = session_factory(path)
-    except Exception as exc:  # noqa: BLE001 - a graph ORT cannot load is one failure among others
-        fail(f"{path.name}: cannot be loaded by ONNX Runtime ({first_line(exc)})")
+    except Exception as exc:  # noqa: BLE001 - a graph the engine cannot load is one failure among others
+        fail(f"{path.name}: cannot be loaded ({first_line(exc)})")  # the message names the engine
         return report
     # 1. Interface: names, dtypes, declared shapes.
     ort_dtype = {"float32": "tensor(float)", "int64": "tensor(int64)", "float16": "tensor(float16)"}

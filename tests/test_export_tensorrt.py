@@ -17,6 +17,7 @@ from mmadapter.errors import ExportError
 from mmadapter.export import cli, onnx_io
 from mmadapter.export import tensorrt as trt_mod
 from mmadapter.export.tensorrt import BatchProfile, engine_filename, make_sidecar
+from mmadapter.runtime.engines import open_session
 from mmadapter.runtime.engines import tensorrt as trt_engine
 from mmadapter.runtime.engines.tensorrt import GpuInfo, check_sidecar, sidecar_path, tensorrt_unavailable_reason
 from mmadapter.runtime.manifest import sha256_file
@@ -157,7 +158,6 @@ def test_engines_match_onnx_runtime(exported: ExportBundle, tmp_path: Path) -> N
     """Build fp32 engines from the portable graphs, load them through the sidecar check and compare
     with ONNX Runtime at batch 3 (cosine >= 0.99999 on the embeddings, identical top-1); a second
     build with the same inputs is a cache hit."""
-    import onnxruntime as ort
     import tensorrt as trt
 
     reason = tensorrt_unavailable_reason()
@@ -181,8 +181,10 @@ def test_engines_match_onnx_runtime(exported: ExportBundle, tmp_path: Path) -> N
             shape = [3 if d == "batch" else 5 if d == "num_classes" else d for d in t["shape"]]
             feeds[t["name"]] = rng.standard_normal(shape).astype(np.float32)
         ref = dict(zip([o["name"] for o in manifest["graphs"][graph]["io"]["outputs"]],
-                       ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, feeds)))
-        got = trt_mod.TrtEngine(plan).run(feeds)
+                       open_session(onnx_path, providers=["cpu"]).run(None, feeds)))
+        engine = open_session(plan, engine="tensorrt")  # the contract's TensorRT side, as served
+        assert "engine precision fp32" in engine.describe()
+        got = dict(zip([o.name for o in engine.get_outputs()], engine.run(None, feeds)))
         a, b = got["image_embedding"].astype(np.float64), ref["image_embedding"].astype(np.float64)
         cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
         assert cos.min() >= 0.99999, graph

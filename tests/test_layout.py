@@ -114,3 +114,13 @@ def test_every_module_says_what_it_holds():
     missing = [str(p.relative_to(ROOT)) for p in python_files("mmadapter", "export", "kernels", "benchmarks")
                if p.read_text().strip() and ast.get_docstring(ast.parse(p.read_text())) is None]
     assert not missing, f"modules without a docstring: {missing}"
+
+
+@pytest.mark.parametrize(("call", "home"), [("InferenceSession(", "mmadapter/runtime/engines/onnxruntime.py"),
+                                            ("compile_model(", "mmadapter/runtime/engines/openvino.py")])
+def test_each_engine_is_opened_in_one_place(call, home):
+    """Runtime, validation, calibration, accuracy and benchmarks all open graphs through
+    mmadapter.runtime.engines.open_session: one construction site per engine library."""
+    sites = [f"{p.relative_to(ROOT)}:{i}" for p in python_files("mmadapter", "export", "benchmarks")
+             for i, line in enumerate(p.read_text().splitlines(), 1) if call in line]
+    assert len(sites) == 1 and sites[0].startswith(home + ":"), sites

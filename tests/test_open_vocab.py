@@ -291,7 +291,7 @@ def test_predict_verbose_prints_the_providers_once(exported: ExportBundle, image
     assert len(err) == 1 and err[0].startswith("providers: ")
     for graph in ("image_classifier.ort.onnx", "text_encoder.ort.onnx", "class_bank.ort.onnx",
                   "adapter_head.ort.onnx"):
-        assert f"{graph}: CPUExecutionProvider" in err[0]
+        assert f"{graph}: CPUExecutionProvider (graph precision fp32)" in err[0]  # what runs, and at what
     assert main(["predict", "--onnx", str(exported.out_dir), str(image_folder)]) == 0
     assert capsys.readouterr().err == ""  # without --verbose: nothing on stderr
 

@@ -123,9 +123,13 @@ def test_openvino_serving_agrees_with_onnxruntime(ov_export) -> None:
 def test_cli_predict_and_evaluate(ov_export, capsys: pytest.CaptureFixture[str]) -> None:
     root, _, digits, _ = ov_export
     assert cli.main(["predict", "--onnx", str(root / "onnx"), "--engine", "openvino", "--precision", "int8",
-                     "--top-k", "2", str(digits / "one")]) == 0
-    out = capsys.readouterr().out.strip().splitlines()
+                     "--top-k", "2", str(digits / "one"), "--verbose"]) == 0
+    captured = capsys.readouterr()
+    out = captured.out.strip().splitlines()
     assert len(out) == 12 and all(line.count("(") == 2 for line in out)
+    # The int8 IR's layers that are not quantized run in f32 (never the CPU plugin's bf16), read back.
+    assert captured.err.strip() == ("providers: image_classifier.int8.openvino.xml: OpenVINO:CPU "
+                                    "(inference precision f32)")
     assert cli.main(["evaluate", "--onnx", str(root / "onnx"), "--data", str(digits)]) == 0
     table = capsys.readouterr().out
     rows = [line for line in table.splitlines() if line.startswith("| ") and "%" in line]

@@ -142,14 +142,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise DataError(f"ONNX prediction is unavailable ({exc}); install 'mmadapter[runtime]'") from None
 
-        def show_providers(providers: dict[str, list[str]]) -> None:
-            print("providers: " + "; ".join(f"{name}: {', '.join(got)}" for name, got in providers.items()),
-                  file=sys.stderr)
+        def show_sessions(runs: dict[str, str]) -> None:
+            print("providers: " + "; ".join(f"{name}: {what}" for name, what in runs.items()), file=sys.stderr)
 
         # Only what was asked for: the runtime's other keywords keep their defaults.
         extra: dict[str, Any] = {"class_names": classes} if classes is not None else {}
         if args.verbose:
-            extra["on_providers"] = show_providers
+            extra["on_sessions"] = show_sessions
         if args.engine != "onnxruntime":
             extra.update(engine=args.engine, device=args.openvino_device)
         results = classify_images(args.onnx, images, args.top_k, precision=args.precision, strict=args.strict,
@@ -341,7 +340,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="an unreadable, corrupt or oversized image is an error (default: skipped and counted)")
     p.add_argument("--verbose", action="store_true",
-                   help="--onnx: print the execution providers each ONNX Runtime session really got (stderr)")
+                   help="--onnx: print what each session really runs: ONNX Runtime's providers or OpenVINO's "
+                   "device, and the precision (stderr)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("convert", help="turn an adapter trained with the authors' code (dqmis/clip-mma) into a "

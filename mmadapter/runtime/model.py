@@ -11,10 +11,16 @@ import numpy as np
 
 from mmadapter.errors import DataError, ExportError
 from mmadapter.files import first_line
-from mmadapter.runtime.engines.onnxruntime import ENGINES, PROVIDER_ORDER, Session, resolve_providers
+from mmadapter.runtime.engines import open_session
+from mmadapter.runtime.engines.onnxruntime import PROVIDER_ORDER, resolve_providers
 from mmadapter.runtime.graphs import IMAGE_CLASSIFIER, LOGITS, PIXELS
 from mmadapter.runtime.manifest import read_manifest, verified_file
 from mmadapter.runtime.preprocess import Preprocessing, preprocess_batch
+from mmadapter.runtime.session import Session
+
+# The engines an export folder's manifest names files for; TensorRT engines are served by Triton
+# (export --serving-repo), not from here.
+SERVED_ENGINES = ("onnxruntime", "openvino")
 
 
 class ExportedModel:
@@ -24,8 +30,8 @@ class ExportedModel:
                  intra_op_threads: int | None = None, bank_cache: str | Path | bool | None = True,
                  engine: str = "onnxruntime", device: str | None = None):
         self.folder = Path(folder)
-        if engine not in ENGINES:
-            raise ExportError(f"unknown engine {engine!r}; choose {' or '.join(ENGINES)}")
+        if engine not in SERVED_ENGINES:
+            raise ExportError(f"unknown engine {engine!r}; choose {' or '.join(SERVED_ENGINES)}")
         self.engine, self.device = engine, device  # device: OpenVINO's (CPU, GPU, NPU, ...), passed through
         # True: the default folder (open_vocab.default_cache_dir); a path; None/False: no class bank cache.
         self.bank_cache = bank_cache
@@ -62,15 +68,12 @@ class ExportedModel:
     def session(self, graph: str, precision: str | None = None) -> Session:
         key = (graph, precision or self.precision)
         if key not in self._sessions:
-            first = resolve_providers(self.providers)[0]
-            path = self.graph_file(graph, first, key[1])
-            batch_inputs = self.manifest["graphs"][graph]["batch_inputs"]
-            if self.engine == "openvino":
-                from mmadapter.runtime.engines.openvino import make_session
-
-                session = make_session(path, self.device, self.intra_op_threads, batch_inputs)
-            else:
-                session = Session(path, self.providers, self.intra_op_threads, batch_inputs)
+            on_ort = self.engine == "onnxruntime"
+            path = self.graph_file(graph, resolve_providers(self.providers)[0] if on_ort else None, key[1])
+            where = {"providers": self.providers} if on_ort else {"device": self.device}
+            graph_session = open_session(path, engine=self.engine, precision=key[1], threads=self.intra_op_threads,
+                                         **where)
+            session = Session(graph_session, batch_axis_inputs=self.manifest["graphs"][graph]["batch_inputs"])
             if graph == IMAGE_CLASSIFIER:
                 self._check_classifier(session)
             self._sessions[key] = session
@@ -79,6 +82,10 @@ class ExportedModel:
     def session_providers(self) -> dict[str, list[str]]:
         """The execution providers each session opened so far really got, by graph file."""
         return {s.path.name: list(s.providers) for s in self._sessions.values()}
+
+    def session_runs(self) -> dict[str, str]:
+        """What each session opened so far really runs (engine, providers or device, precision), by graph file."""
+        return {s.path.name: s.describe() for s in self._sessions.values()}
 
     @property
     def open_vocabulary(self) -> Any:
@@ -103,8 +110,8 @@ class ExportedModel:
     def _check_classifier(self, session: Session) -> None:
         """The graph itself (not only the manifest) must give one logit per class name and take
         images of the preprocessing's size: a label set of another length would mislabel."""
-        outputs = {o.name: o.shape for o in session.sess.get_outputs()}
-        inputs = {i.name: i.shape for i in session.sess.get_inputs()}
+        outputs = {o.name: o.shape for o in session.graph.get_outputs()}
+        inputs = {i.name: i.shape for i in session.graph.get_inputs()}
         logits, pixels = outputs.get(LOGITS), inputs.get(PIXELS)
         name = session.path.name
         if logits is None or len(logits) != 2 or logits[1] != len(self.class_names):
@@ -132,12 +139,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def classify_images(
     onnx_dir: Path, image_paths: list[Path], top_k: int = 5, *, providers: Sequence[str] | None = None,
     batch_size: int = 32, precision: str = "fp32", strict: bool = False, class_names: Sequence[str] | None = None,
-    templates: Sequence[str] | None = None, on_providers: Callable[[dict[str, list[str]]], None] | None = None,
+    templates: Sequence[str] | None = None, on_sessions: Callable[[dict[str, str]], None] | None = None,
     engine: str = "onnxruntime", device: str | None = None,
 ) -> list[Any]:
     """Top-k (class name, probability) per image, probabilities from the softmax of the logits
     over the exported label set (or ``class_names``: open vocabulary), in input order.
-    ``on_providers`` receives the execution providers each session really got. An unreadable, corrupt or
+    ``on_sessions`` receives what each session really ran (``ExportedModel.session_runs``). An unreadable, corrupt or
     oversized image is an ``ImageSkip`` in its place (``strict``: a DataError naming it); if none can be
     read, a DataError naming the first. Non-finite logits are an ExportError, never printed as nan."""
     from mmadapter.runtime.images import ImageSkip, read_images
@@ -163,6 +170,6 @@ def classify_images(
             names, logits = scores(model, pixels, class_names, templates, batch_size)
             ranked = rank(logits, [p for p, _ in good], names, top_k, ExportError)
         results.extend(in_order(loaded, ranked))
-    if on_providers is not None:
-        on_providers(model.session_providers())
+    if on_sessions is not None:
+        on_sessions(model.session_runs())
     return check_some_read(results)

@@ -1,5 +1,5 @@
-"""The OpenVINO engine: IR files (``.xml`` + ``.bin``) compiled and served with the same interface as
-the ONNX Runtime session, without torch.
+"""The OpenVINO engine: ``CompiledGraph`` over an IR file (``.xml`` + ``.bin``), the engine contract's
+OpenVINO side, at the inference precision asked for (never the plugin's own choice), without torch.
 
 Devices: ``CPU`` (default), ``GPU``, ``NPU``, ``AUTO`` or any name OpenVINO knows (``GPU.1``) is passed
 through; a device OpenVINO does not list here is one ExportError line naming those it lists.
@@ -15,12 +15,15 @@ import numpy as np
 
 from mmadapter.errors import DataError, ExportError
 from mmadapter.files import first_line
+from mmadapter.runtime.engines import Port
 
 XML_SUFFIX = ".openvino.xml"
 DEFAULT_DEVICE = "CPU"
 _VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
 _ORT_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "i64": "tensor(int64)", "i32": "tensor(int32)",
               "f64": "tensor(double)"}
+# The INFERENCE_PRECISION_HINT of each precision open_session takes for OpenVINO.
+INFERENCE_PRECISION = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
 
 
 def import_openvino() -> Any:
@@ -59,77 +62,69 @@ def check_device(device: str | None, core: Any = None) -> str:
     return device
 
 
-class _Port:
-    """An input or output as ONNX Runtime describes it (``name``, ``type``, ``shape``)."""
+def compile_config(precision: str, threads: int | None = None) -> dict[str, Any]:
+    """What OpenVINO compiles a graph with. The inference precision is always named: without it the CPU
+    plugin runs f32 IR in bf16 on CPUs with AVX512_BF16 or AMX, so an "fp32" graph would silently be bf16.
+    An int8 IR's layers that are not quantized run in f32 too; bf16 only where it is the precision asked for."""
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[precision]}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
 
-    def __init__(self, port: Any):
-        self.name = port.get_any_name()
-        self.type = _ORT_TYPES.get(port.get_element_type().get_type_name(), str(port.get_element_type()))
-        self.shape = [d.get_length() if d.is_static else "?" for d in port.get_partial_shape()]
+
+def _port(port: Any) -> Port:
+    """An OpenVINO input or output as ONNX Runtime describes it."""
+    kind = port.get_element_type().get_type_name()
+    return Port(port.get_any_name(), _ORT_TYPES.get(kind, kind),
+                [d.get_length() if d.is_static else "?" for d in port.get_partial_shape()])
 
 
 class CompiledGraph:
-    """An OpenVINO compiled model with ONNX Runtime's session interface (``get_inputs``, ``get_outputs``,
-    ``run``, ``get_providers``), so validation and :class:`Session` use it unchanged."""
+    """An OpenVINO compiled model as an :class:`~mmadapter.runtime.engines.EngineSession`."""
 
-    def __init__(self, xml_path: Path, device: str | None = None, threads: int | None = None):
+    def __init__(self, xml_path: Path, precision: str = "fp32", device: str | None = None,
+                 threads: int | None = None):
         ov = import_openvino()
         core = ov.Core()
+        self.path, self.precision = Path(xml_path), precision
         self.device = check_device(device, core)
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
-            self.compiled = core.compile_model(str(xml_path), self.device, config)
+            self.compiled = core.compile_model(str(self.path), self.device, compile_config(precision, threads))
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError for every load problem
-            raise ExportError(f"OpenVINO cannot load {Path(xml_path).name} on {self.device}: {first_line(exc)}") \
+            raise ExportError(f"OpenVINO cannot load {self.path.name} on {self.device}: {first_line(exc)}") \
                 from None
         self.request = self.compiled.create_infer_request()
-        self._inputs = [_Port(p) for p in self.compiled.inputs]
-        self._outputs = [_Port(p) for p in self.compiled.outputs]
+        self._inputs = [_port(p) for p in self.compiled.inputs]
+        self._outputs = [_port(p) for p in self.compiled.outputs]
+        self.providers = [f"OpenVINO:{self.device}"]
 
-    def get_inputs(self) -> list[_Port]:
+    def get_inputs(self) -> list[Port]:
         return self._inputs
 
-    def get_outputs(self) -> list[_Port]:
+    def get_outputs(self) -> list[Port]:
         return self._outputs
 
-    def get_providers(self) -> list[str]:
-        return [f"OpenVINO:{self.device}"]
+    def inference_precision(self) -> str:
+        """The precision the compiled model reports it computes in (``f32``, ``bf16``, ...), read back
+        rather than assumed; what was asked for where the device does not report it (AUTO, some GPUs)."""
+        try:
+            return str(self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
+        except Exception:  # noqa: BLE001 - a plugin without the property raises RuntimeError
+            return f"{INFERENCE_PRECISION[self.precision]} (asked; {self.device} does not report it)"
+
+    def describe(self) -> str:
+        return f"OpenVINO:{self.device} (inference precision {self.inference_precision()})"
 
     def run(self, output_names: Sequence[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
             result = self.request.infer({name: np.ascontiguousarray(v) for name, v in feeds.items()})
+        except (TypeError, ValueError) as exc:  # the inputs, as OpenVINO's Python layer checks them
+            raise DataError(f"OpenVINO cannot run {self.path.name}: {first_line(exc)}") from None
         except Exception as exc:  # noqa: BLE001 - feeds were checked; what is left is a runtime failure
-            raise ExportError(f"OpenVINO cannot run the graph: {first_line(exc)}") from None
+            raise ExportError(f"OpenVINO cannot run {self.path.name}: {first_line(exc)}") from None
         names = list(output_names) if output_names else [p.name for p in self._outputs]
         by_name = {p.get_any_name(): result[p] for p in self.compiled.outputs}
         return [np.array(by_name[n], copy=True) for n in names]  # the request reuses its buffers
-
-
-def make_session(xml_path: Path, device: str | None = None, intra_op_threads: int | None = None,
-                 batch_axis_inputs: Sequence[str] | None = None) -> Any:
-    """A :class:`mmadapter.runtime.model.Session` over an IR file: batching, feed checks and errors as
-    for ONNX Runtime, OpenVINO underneath."""
-    from mmadapter.runtime.model import Session
-
-    class OpenVinoSession(Session):
-        def __init__(self) -> None:  # Session's own __init__ opens ONNX Runtime; this opens OpenVINO
-            self.path = Path(xml_path)
-            self.sess = CompiledGraph(self.path, device, intra_op_threads)
-            self.requested = self.providers = self.sess.get_providers()
-            self._bind_io(batch_axis_inputs)
-            self.on_gpu = False  # OpenVINO copies to its device itself
-
-        def _run_once(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-            try:
-                return self.sess.run(self.output_names, feeds)
-            except ExportError as exc:
-                raise ExportError(f"{self.path.name}: {first_line(exc)}") from None
-            except (TypeError, ValueError) as exc:
-                raise DataError(f"OpenVINO cannot run {self.path.name}: {first_line(exc)}") from None
-
-    return OpenVinoSession()
 
 
 def verified_ir(folder: Path, manifest: dict[str, Any], files: dict[str, str], graph: str, precision: str) -> Path:

@@ -1,5 +1,6 @@
-"""The TensorRT engine: loading a serialized engine (``.plan``) after checking its sidecar against this
-TensorRT and GPU, and running it by tensor name.
+"""The TensorRT engine: ``TrtEngine`` loads a serialized engine (``.plan``) after checking its sidecar
+against this TensorRT and GPU, and runs it by tensor name as an ``EngineSession``. No torch: device memory
+and the stream come from the CUDA runtime library through ctypes.
 
 Written for the TensorRT 10/11 Python API only (tensor names, ``set_input_shape``/``set_tensor_address``/
 ``execute_async_v3``). Engines are tied to a TensorRT version and a GPU: the JSON sidecar beside each
@@ -11,11 +12,15 @@ from __future__ import annotations
 
 import ctypes
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mmadapter.errors import ExportError
+from mmadapter.runtime.engines import NUMPY_DTYPES, Port
 
 
 @dataclass(frozen=True)
@@ -81,46 +86,116 @@ def check_sidecar(plan: Path, trt_version: str, gpu: GpuInfo) -> dict[str, Any]:
     return meta
 
 
-class TrtEngine:
-    """Load a checked engine and run it by tensor name (torch CUDA tensors as device buffers)."""
+class _CudaRuntime:
+    """The five CUDA runtime calls an engine run needs, through ctypes on libcudart (no torch, no
+    cuda-python). Every call is checked: a failed copy would otherwise hand back stale memory."""
 
-    def __init__(self, plan: Path):
+    HOST_TO_DEVICE, DEVICE_TO_HOST = 1, 2  # cudaMemcpyKind
+
+    def __init__(self) -> None:
+        self.lib = _load_cudart()
+        self.stream = ctypes.c_void_p()
+        self._check(self.lib.cudaStreamCreate(ctypes.byref(self.stream)), "cudaStreamCreate")
+
+    @staticmethod
+    def _check(code: int, call: str) -> None:
+        if code != 0:
+            raise ExportError(f"CUDA {call} failed with error {code}")
+
+    def malloc(self, nbytes: int) -> int:
+        ptr = ctypes.c_void_p()
+        self._check(self.lib.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(max(nbytes, 1))), "cudaMalloc")
+        return int(ptr.value)
+
+    def free(self, ptr: int) -> None:
+        self.lib.cudaFree(ctypes.c_void_p(ptr))
+
+    def copy(self, dst: int, src: int, nbytes: int, kind: int) -> None:
+        # Synchronous copies on the legacy default stream, which orders them with this blocking stream.
+        self._check(self.lib.cudaMemcpy(ctypes.c_void_p(dst), ctypes.c_void_p(src), ctypes.c_size_t(nbytes), kind),
+                    "cudaMemcpy")
+
+    def synchronize(self) -> None:
+        self._check(self.lib.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+
+
+def _load_cudart() -> Any:
+    """libcudart from the loader path, else from the nvidia-cuda-runtime wheel TensorRT's wheel installs."""
+    names = ["libcudart.so", "libcudart.so.13", "libcudart.so.12"]
+    try:
+        import nvidia.cuda_runtime as wheel  # type: ignore[import-not-found]
+
+        names += [str(p) for folder in wheel.__path__ for p in sorted(Path(folder, "lib").glob("libcudart.so*"))]
+    except ImportError:
+        pass
+    for name in names:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    raise ExportError("the CUDA runtime library (libcudart) is not found: TensorRT engines cannot run")
+
+
+class TrtEngine:
+    """A checked TensorRT engine as an :class:`~mmadapter.runtime.engines.EngineSession`: host arrays in,
+    host arrays out, device buffers allocated per call."""
+
+    def __init__(self, plan: Path, precision: str = "fp32"):
         import tensorrt as trt
 
         gpu = cuda_gpu()
         if gpu is None:
             raise ExportError("no CUDA GPU is visible: cannot load TensorRT engines")
-        self.meta = check_sidecar(plan, trt.__version__, gpu)
-        self._trt = trt
-        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan.read_bytes())
+        self.path, self._trt, self.gpu = Path(plan), trt, gpu
+        self.meta = check_sidecar(self.path, trt.__version__, gpu)
+        if self.meta.get("precision", precision) != precision:
+            raise ExportError(f"{self.path.name} is a {self.meta['precision']} engine, not {precision}")
+        self.precision = self.meta.get("precision", precision)
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
-            raise ExportError(f"TensorRT could not deserialize {plan.name} (corrupt file?)")
+            raise ExportError(f"TensorRT could not deserialize {self.path.name} (corrupt file?)")
         self.context = self.engine.create_execution_context()
+        self.cuda = _CudaRuntime()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
+        self.providers = [f"TensorRT:{gpu.name}"]
 
-    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        import torch
+    def _port(self, name: str) -> Port:
+        dtype = np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name)))
+        kind = next((k for k, v in NUMPY_DTYPES.items() if np.dtype(v) == dtype), str(dtype))
+        return Port(name, kind, [d if d >= 0 else "?" for d in self.engine.get_tensor_shape(name)])
 
-        trt = self._trt
-        keep = []
-        for name in self.inputs:
-            t = torch.as_tensor(feeds[name]).cuda().contiguous()
-            keep.append(t)
-            self.context.set_input_shape(name, tuple(t.shape))
-            self.context.set_tensor_address(name, t.data_ptr())
-        outs = {}
-        for name in self.outputs:
-            dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
-            dtype = dtypes[self.engine.get_tensor_dtype(name)]
-            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device="cuda")
-            self.context.set_tensor_address(name, out.data_ptr())
-            outs[name] = out
-        stream = torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise ExportError("TensorRT execution failed")
-        stream.synchronize()
-        return {k: v.float().cpu().numpy() for k, v in outs.items()}
+    def get_inputs(self) -> list[Port]:
+        return [self._port(n) for n in self.inputs]
 
+    def get_outputs(self) -> list[Port]:
+        return [self._port(n) for n in self.outputs]
 
+    def describe(self) -> str:
+        return f"TensorRT:{self.gpu.name} (engine precision {self.precision})"
+
+    def run(self, output_names: Sequence[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        trt, cuda, buffers = self._trt, self.cuda, []
+        try:
+            for name in self.inputs:
+                host = np.ascontiguousarray(feeds[name], dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
+                buffers.append(cuda.malloc(host.nbytes))
+                cuda.copy(buffers[-1], host.ctypes.data, host.nbytes, cuda.HOST_TO_DEVICE)
+                self.context.set_input_shape(name, tuple(host.shape))
+                self.context.set_tensor_address(name, buffers[-1])
+            outs = {}
+            for name in self.outputs:
+                shape = tuple(self.context.get_tensor_shape(name))  # known once every input shape is set
+                outs[name] = np.empty(shape, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
+                buffers.append(cuda.malloc(outs[name].nbytes))
+                self.context.set_tensor_address(name, buffers[-1])
+            if not self.context.execute_async_v3(cuda.stream.value or 0):
+                raise ExportError(f"TensorRT could not run {self.path.name}")
+            cuda.synchronize()
+            for name, ptr in zip(self.outputs, buffers[len(self.inputs):]):
+                cuda.copy(outs[name].ctypes.data, ptr, outs[name].nbytes, cuda.DEVICE_TO_HOST)
+        finally:
+            for ptr in buffers:
+                cuda.free(ptr)
+        return [outs[n] for n in (output_names or self.outputs)]
