@@ -25,13 +25,12 @@ from torch import nn
 
 from mmadapter.model import functional
 from mmadapter.model.adapter import ClassBank, MultiModalAdapter
-from mmadapter.runtime.graphs import (  # noqa: F401 - the names, re-exported for the export side  # noqa: F401 - re-exported
+from mmadapter.runtime.graphs import (
     ADAPTER_HEAD,
     BATCH,
     CLASS_BANK,
     CLASS_EMBEDDING,
     CLIP_IMAGE_EMBEDDING,
-    GRAPH_NAMES,
     IMAGE_CLASSIFIER,
     IMAGE_EMB,
     IMAGE_EMBEDDING,
@@ -48,6 +47,7 @@ from mmadapter.runtime.graphs import (  # noqa: F401 - the names, re-exported fo
     VALUES,
     Tolerance,
 )
+from mmadapter.runtime.tokenizer import EOT_TOKEN_ID, SOT_TOKEN_ID
 
 MAX_DIM = 1 << 16  # upper bound for torch.export's dynamic dims; real limits come from TensorRT profiles
 # Traced batch size; validation runs at other sizes, since a graph traced at one size can silently keep
@@ -271,9 +271,9 @@ def build_specs(
         # finds it), zero padding. Values only need to be valid ids for tracing.
         b = sizes.get(TEXT_BATCH, EXPORT_BATCH)
         ids = torch.zeros(b, context_length, dtype=torch.int64)
-        ids[:, 0] = 49406
+        ids[:, 0] = SOT_TOKEN_ID
         ids[:, 1:4] = torch.randint(1, 49000, (b, 3), generator=gen)
-        ids[:, 4] = 49407
+        ids[:, 4] = EOT_TOKEN_ID
         return (ids,)
 
     def embeddings(sizes: dict[str, int]) -> tuple[torch.Tensor, ...]:

@@ -76,15 +76,7 @@ def test_bench_train_smoke(tmp_path: Path) -> None:
     assert all(int(r["epochs"]) <= 2 and r["num_classes"] == "10" for r in rows)
 
 
-# Still editing sys.path when this was written; strict: the mark must go once they run as modules too.
-SYS_PATH_PENDING: tuple[str, ...] = ()
-
-
-@pytest.mark.parametrize("script", [
-    pytest.param(p.name, marks=pytest.mark.xfail(strict=True, reason="still inserts into sys.path")
-                 if p.name in SYS_PATH_PENDING else ())
-    for p in sorted((ROOT / "benchmarks").glob("*.py"))
-])
+@pytest.mark.parametrize("script", [p.name for p in sorted((ROOT / "benchmarks").glob("*.py"))])
 def test_benchmark_does_not_edit_sys_path(script: str) -> None:
     """The benchmarks run as modules of the checkout; a sys.path edit would hide a broken import."""
     assert "sys.path" not in (ROOT / "benchmarks" / script).read_text(), f"benchmarks/{script} edits sys.path"

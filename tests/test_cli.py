@@ -115,6 +115,40 @@ def test_export_is_a_real_subcommand(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (via_script["min_batch"], via_script["opt_batch"], via_script["max_batch"]) == DEFAULT_PROFILE
 
 
+@pytest.mark.parametrize("missing", ["torch", "onnxruntime"])
+def test_export_without_an_install_names_both(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                             missing: str) -> None:
+    """Export builds with torch and validates with ONNX Runtime: whichever is absent, the hint names both extras,
+    as the README's install section does, through `mmadapter export` and `python export.py` alike."""
+    from mmadapter.export import cli as export_cli
+
+    def absent(args: object) -> int:
+        raise ModuleNotFoundError(f"No module named '{missing}'", name=missing)
+
+    monkeypatch.setattr(cli.commands, "cmd_export", absent)
+    argv = ["--checkpoint", "a.safetensors", "--out", "x"]
+    for main, command in ((lambda: cli.main(["export", *argv]), "mmadapter export"),
+                          (lambda: export_cli.main(argv), "export.py")):
+        assert main() == 2
+        line = _error_line(capsys)
+        assert line.startswith(f"error: `{command}` needs the training install and ONNX Runtime ({missing} "), line
+        assert line.endswith("pip install 'mmadapter[train,runtime]'"), line
+
+
+@pytest.mark.parametrize(("missing", "extras"), [("onnxruntime", "runtime"), ("torch", "train")])
+def test_predict_without_an_install_names_its_extra(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str], missing: str,
+                                                   extras: str) -> None:
+    """Serving (--onnx) needs only the runtime extra; --checkpoint needs the training one."""
+    def absent(args: object) -> int:
+        raise ModuleNotFoundError(f"No module named '{missing}'", name=missing)
+
+    monkeypatch.setattr(cli.commands, "cmd_predict", absent)
+    assert cli.main(["predict", "--onnx", "x", "img.png"]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("error: `mmadapter predict` needs ") and line.endswith(f"'mmadapter[{extras}]'"), line
+
+
 def test_predict_onnx_uses_the_runtime_and_prints_alike(trained: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     calls = []

@@ -25,7 +25,6 @@ from mmadapter.runtime import model as runtime
 from mmadapter.runtime.images import ImageReadError, ImageSkip, open_image
 from mmadapter.runtime.model import classify_images
 from mmadapter.runtime.preprocess import Preprocessing, preprocess_image
-from mmadapter.runtime.preprocess import load_image as serving_load_image
 from mmadapter.runtime.ranking import rank
 
 from export_fixtures import CLASS_NAMES, ExportBundle
@@ -89,15 +88,14 @@ def test_loader_mode_policy(mode_files: dict[str, Path]) -> None:
         img = data.load_image(path)
         assert img.mode == LOADED_MODE[mode], mode
         assert img.size == Image.open(path).size
-    assert serving_load_image is open_image  # the serving path has no loader of its own
 
 
 @pytest.mark.parametrize("mode", list(LOADED_MODE))
 def test_numpy_preprocessing_equals_open_clip_per_mode(exported: ExportBundle, mode_files: dict[str, Path],
                                                        mode: str) -> None:
-    """What serving computes (numpy on export.preprocess.load_image) vs what training and predict
+    """What serving computes (numpy on runtime.images.open_image) vs what training and predict
     compute (open_clip's transform on data.load_image), within PREPROCESS_ATOL."""
-    ours = preprocess_image(serving_load_image(mode_files[mode]), _spec(exported))
+    ours = preprocess_image(open_image(mode_files[mode]), _spec(exported))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. PIL's palette-transparency warning on every conversion
         ref = exported.clip.preprocess(data.load_image(mode_files[mode])).numpy()

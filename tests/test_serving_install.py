@@ -83,18 +83,19 @@ def test_predict_onnx_imports_no_training_module(exported: ExportBundle, images:
         assert names <= allowed, line
 
 
-@pytest.mark.parametrize("command", [
-    ["train", "--data", ".", "--out", "x.safetensors"],
-    ["evaluate", "--data", ".", "--out", "report"],
-    ["demo", "--out", "demo"],
+@pytest.mark.parametrize(("command", "extras"), [
+    (["train", "--data", ".", "--out", "x.safetensors"], "train"),
+    (["evaluate", "--data", ".", "--out", "report"], "train"),
+    # The demo exports, and export validates with ONNX Runtime: both installs (README's "Installs").
+    (["demo", "--out", "demo"], "train,runtime"),
 ])
-def test_training_commands_name_the_install_in_one_line(tmp_path: Path, command: list[str]) -> None:
+def test_training_commands_name_the_install_in_one_line(tmp_path: Path, command: list[str], extras: str) -> None:
     proc = _run_blocked(command, tmp_path)
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert len(err) == 2 and err[1].startswith("imported:"), proc.stderr  # the error line, then the probe's
     assert err[0].startswith(f"error: `mmadapter {command[0]}` needs the training install")
-    assert err[0].endswith("pip install 'mmadapter[train]'")
+    assert err[0].endswith(f"pip install 'mmadapter[{extras}]'")
     assert not list(tmp_path.glob("x.safetensors*")) and not (tmp_path / "report").exists()
 
 
@@ -102,4 +103,4 @@ def test_predict_with_checkpoint_names_the_install(exported: ExportBundle, image
     proc = _run_blocked(["predict", "--checkpoint", str(exported.checkpoint), str(images)], tmp_path)
     assert proc.returncode == 2
     first = proc.stderr.strip().splitlines()[0]
-    assert first.startswith("error: `mmadapter predict` needs the training install") and "mmadapter[train]" in first
+    assert first.startswith("error: `mmadapter predict` needs the training install") and "'mmadapter[train]'" in first

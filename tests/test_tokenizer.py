@@ -13,7 +13,7 @@ import pytest
 
 from mmadapter.errors import ExportError
 from mmadapter.export.tokenizer import write_tokenizer
-from mmadapter.runtime.tokenizer import TOKENIZER_FILE, ClipTokenizer
+from mmadapter.runtime.tokenizer import EOT_TOKEN_ID, SOT_TOKEN_ID, TOKENIZER_FILE, ClipTokenizer
 
 CORPUS_SIZE = 1500
 
@@ -88,6 +88,14 @@ def test_ids_identical_to_open_clip(reference: object, served: ClipTokenizer, co
     assert got.dtype == np.int64 and got.shape == want.shape == (len(texts), context_length)
     bad = [texts[i] for i in np.flatnonzero((got != want).any(axis=1))]
     assert not bad, f"{len(bad)} texts differ, first {bad[0]!r}"
+
+
+def test_special_ids_are_open_clips(reference: object, served: ClipTokenizer) -> None:
+    """The start/end ids written once in the runtime (and traced into the text encoder by export/specs.py) are
+    the ones open_clip's tokenizer gives, and the ones the written tokenizer.json carries."""
+    assert (reference.sot_token_id, reference.eot_token_id) == (SOT_TOKEN_ID, EOT_TOKEN_ID)
+    assert (served.sot_token_id, served.eot_token_id) == (SOT_TOKEN_ID, EOT_TOKEN_ID)
+    assert list(reference([""])[0, :2]) == [SOT_TOKEN_ID, EOT_TOKEN_ID]
 
 
 def test_truncation_keeps_the_end_token(served: ClipTokenizer) -> None:

@@ -136,6 +136,8 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
 # Top-level modules of the optional installs (pyproject.toml's extras): a serving install has none of the first.
 _EXTRA_OF_MODULE = {**dict.fromkeys(("torch", "torchvision", "open_clip", "safetensors", "tqdm", "onnx", "onnxscript"),
                                     "train"), "onnxruntime": "runtime"}
+# Commands that build with torch and then run ONNX Runtime.
+_NEEDS_TRAIN_AND_RUNTIME = frozenset({"export", "demo"})
 
 
 def _missing_install(exc: BaseException, parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
@@ -145,9 +147,16 @@ def _missing_install(exc: BaseException, parser: argparse.ArgumentParser, argv: 
     if extra is None:
         return None
     words = [a for a in argv if not a.startswith("-")]
+    # The export parser (`python export.py`) has no subcommand: it is the export command itself.
+    subcommand = (words[0] if words else "") if parser.prog == "mmadapter" else "export"
     command = f"{parser.prog} {words[0]}" if parser.prog == "mmadapter" and words else parser.prog
-    what = "the training install" if extra == "train" else "ONNX Runtime"
-    return f"`{command}` needs {what} ({module} is not installed): pip install 'mmadapter[{extra}]'"
+    # Export (and the demo, which exports) validates its graphs with ONNX Runtime after building them with
+    # torch: it needs both installs, whichever one is missing now, so the hint names both at once.
+    if subcommand in _NEEDS_TRAIN_AND_RUNTIME:
+        what, extras = "the training install and ONNX Runtime", "train,runtime"
+    else:
+        what, extras = ("the training install" if extra == "train" else "ONNX Runtime"), extra
+    return f"`{command}` needs {what} ({module} is not installed): pip install 'mmadapter[{extras}]'"
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,5 +1,5 @@
 """The one image loader of every path: training and feature extraction (``mmadapter.data.fewshot.load_image``),
-``predict --checkpoint`` and ONNX serving (``mmadapter.runtime.preprocess.load_image``).
+``predict --checkpoint`` and ONNX serving (``mmadapter.runtime.images.read_images``).
 
 Both preprocessing paths (open_clip's transform in torch, the numpy copy in ``mmadapter/runtime/preprocess.py``)
 take what :func:`open_image` returns and do, in open_clip's order: resize the shortest side (bicubic),

@@ -2,9 +2,8 @@
 (resize the shortest side with bicubic filtering, center crop, RGB, scale to [0, 1], normalise),
 so that serving needs neither torch nor open_clip. No torch import here, by design.
 
-Images are read by the project's one loader (:func:`mmadapter.runtime.images.open_image`, re-exported here as
-``load_image``), the same one training and ``predict --checkpoint`` use, so both paths see the same
-pixels.
+Images are read by the project's one loader (:func:`mmadapter.runtime.images.open_image`), the same one
+training and ``predict --checkpoint`` use, so both paths see the same pixels.
 """
 
 from __future__ import annotations
@@ -16,9 +15,7 @@ from typing import Any
 import numpy as np
 
 from mmadapter.errors import DataError
-from mmadapter.runtime.images import MAX_RESIZED_PIXELS, open_image, resized_size
-
-load_image = open_image  # the one loader; kept under this name for the runtime and its callers
+from mmadapter.runtime.images import MAX_RESIZED_PIXELS, resized_size
 
 _RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1}  # PIL.Image.Resampling values
 

@@ -37,6 +37,11 @@ from mmadapter.files import first_line
 TOKENIZER_FILE = "tokenizer.json"
 KIND = "clip-bpe"
 SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
+# Their ids in CLIP's vocabulary (open_clip's SimpleTokenizer appends them after the 49,406 BPE entries): the
+# defaults here, and the ids export/specs.py traces the text encoder with; the end token is the highest id, so
+# the graph's argmax finds it.
+SOT_TOKEN_ID = 49406
+EOT_TOKEN_ID = 49407
 # open_clip's SimpleTokenizer pattern (case-insensitive), with the special tokens first as it builds it.
 WORD_PATTERN = r"""(?i)<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 CLEANING = "ftfy.fix_text, html.unescape twice, strip, whitespace collapsed, lower-cased (open_clip 'lower')"
@@ -64,8 +69,8 @@ def clean_text(text: str) -> str:
 class ClipTokenizer:
     """Strings -> CLIP token ids ``[n, context_length]`` (int64), identical to open_clip's tokenizer."""
 
-    def __init__(self, path: str | Path, context_length: int = 77, sot_token_id: int = 49406,
-                 eot_token_id: int = 49407, special_tokens: dict[str, int] | None = None):
+    def __init__(self, path: str | Path, context_length: int = 77, sot_token_id: int = SOT_TOKEN_ID,
+                 eot_token_id: int = EOT_TOKEN_ID, special_tokens: dict[str, int] | None = None):
         tk = import_tokenizers()
         self.path = Path(path)
         try:
