@@ -30,8 +30,43 @@ def _version(module: str) -> str:
     return getattr(mod, "__version__", "unknown")
 
 
+# The CPU features that decide which int8 and bf16 kernels ONNX Runtime, OpenVINO and torch can use,
+# by the names Linux gives them in /proc/cpuinfo's flags.
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
+BF16_FLAGS = ("avx512_bf16",)
+AMX_FLAGS = ("amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpuinfo_flags(cpuinfo: str) -> set[str]:
+    """The ``flags`` of the first processor in the text of /proc/cpuinfo (empty when there are none,
+    as on a machine that is not x86)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
+def cpu_capabilities(flags: set[str] | str) -> dict[str, str]:
+    """The CPU's int8 and bf16 capabilities as CSV columns: each lists the flags present, or "no"."""
+    present = set(flags.split()) if isinstance(flags, str) else set(flags)
+
+    def having(names: tuple[str, ...]) -> str:
+        return " ".join(n for n in names if n in present) or "no"
+
+    return {"cpu_vnni": having(VNNI_FLAGS), "cpu_avx512_bf16": having(BF16_FLAGS), "cpu_amx": having(AMX_FLAGS)}
+
+
+def machine_capabilities(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    try:
+        text = path.read_text()
+    except OSError:
+        return {"cpu_vnni": "unknown", "cpu_avx512_bf16": "unknown", "cpu_amx": "unknown"}
+    return cpu_capabilities(cpuinfo_flags(text))
+
+
 def environment() -> dict[str, str]:
-    """Machine, versions and commit, recorded in every CSV row."""
+    """Machine, CPU capabilities, versions and commit, recorded in every CSV row."""
     import torch
 
     try:
@@ -51,6 +86,7 @@ def environment() -> dict[str, str]:
         "machine": platform.node() or "unknown",
         "cpu": platform.processor() or platform.machine(),
         "cpu_threads": str(torch.get_num_threads()),
+        **machine_capabilities(),
         "gpu": gpu,
         "python": platform.python_version(),
         "torch": torch.__version__,

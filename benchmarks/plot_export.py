@@ -17,7 +17,10 @@ def plot_export(csv_path: Path = RESULTS_DIR / "export_cpu.csv", png_path: Path 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_csv(csv_path)
+    # Failed, error and skipped paths have no timing to draw (CSVs from before the status column: all timed).
+    rows = [r for r in read_csv(csv_path) if r.get("status", "ok") == "ok"]
+    if not rows:
+        raise ValueError(f"{csv_path} has no timed rows to plot")
     png_path = png_path or Path(csv_path).with_suffix(".png")
     backends = list(dict.fromkeys(r["backend"] for r in rows))
     batches = sorted({int(r["batch"]) for r in rows})
@@ -26,11 +29,15 @@ def plot_export(csv_path: Path = RESULTS_DIR / "export_cpu.csv", png_path: Path 
     for i, backend in enumerate(backends):
         sel = {int(r["batch"]): r for r in rows if r["backend"] == backend}
         xs = [j + i * width for j in range(len(batches))]
-        med = [float(sel[b]["median_ms"]) for b in batches]
-        lo = [m - float(sel[b]["p20_ms"]) for m, b in zip(med, batches)]
-        hi = [float(sel[b]["p80_ms"]) - m for m, b in zip(med, batches)]
+        # A path timed at some batch sizes only (it failed at the others) leaves gaps there.
+        def cell(b: int, key: str, sel: dict = sel) -> float:
+            return float(sel[b][key]) if b in sel else float("nan")
+
+        med = [cell(b, "median_ms") for b in batches]
+        lo = [m - cell(b, "p20_ms") if b in sel else 0.0 for m, b in zip(med, batches)]
+        hi = [cell(b, "p80_ms") - m if b in sel else 0.0 for m, b in zip(med, batches)]
         ax_l.bar(xs, med, width, yerr=[lo, hi], label=backend, capsize=2)
-        ax_t.bar(xs, [float(sel[b]["images_per_s"]) for b in batches], width, label=backend)
+        ax_t.bar(xs, [cell(b, "images_per_s") for b in batches], width, label=backend)
     for ax, ylabel in ((ax_l, "median latency (ms), p20-p80 bars"), (ax_t, "throughput (images/s)")):
         ax.set_xticks([j + width * (len(backends) - 1) / 2 for j in range(len(batches))])
         ax.set_xticklabels([f"batch {b}" for b in batches])

@@ -9,14 +9,15 @@ served with ``max_batch_size: 0`` and full dims.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from mmadapter.files import atomic_write_text, atomic_write_with
+from mmadapter.folders import read_listing, write_listing
 
-# What a repository written here holds, so that a later --overwrite replaces only that.
+# What a repository written here holds (sealed by its own sha256), so that a later --overwrite
+# replaces only that.
 MARKER = ".mmadapter-serving.json"
 MARKER_FORMAT = "mmadapter-serving-repository"
 
@@ -62,17 +63,12 @@ def write_model_repository(export_dir: Path, repo: Path, manifest: dict[str, Any
                                     config_pbtxt(name, platform, entry["io"], entry["batchable"], max_batch_size, gpu))
             files += [f"{name}/1/{dst_name}", f"{name}/config.pbtxt"]
             written.append(cfg)
-    atomic_write_text(repo / MARKER, json.dumps({"format": MARKER_FORMAT, "files": sorted(files)}, indent=2) + "\n")
+    write_listing(repo, MARKER, MARKER_FORMAT, files)
     return written
 
 
 def written_files(repo: Path) -> set[str] | None:
-    """Paths (relative, '/'-separated) that :func:`write_model_repository` wrote into ``repo``, from
-    its marker; None when ``repo`` has no readable marker."""
-    try:
-        data = json.loads((Path(repo) / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(data, dict) or data.get("format") != MARKER_FORMAT or not isinstance(data.get("files"), list):
-        return None
-    return {f for f in data["files"] if isinstance(f, str) and ".." not in f.split("/")}
+    """Paths (relative, '/'-separated) that :func:`write_model_repository` wrote into ``repo`` and that
+    are still as written (size), from its marker; None when ``repo`` has no marker, or one edited
+    since (its own sha256 differs)."""
+    return read_listing(Path(repo), MARKER, MARKER_FORMAT)

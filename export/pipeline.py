@@ -6,21 +6,19 @@ when every step (validation included) succeeded; an error, Ctrl-C or SIGTERM rem
 folder, so the destination never holds a half-written export.
 
 Destinations are checked before anything is loaded: ``--overwrite`` replaces only what an earlier
-export wrote (its manifest, or the serving repository's marker, lists it), never a folder holding
-anything else or the export's own inputs; ``--out`` and ``--serving-repo`` are separate folders; a
-symbolic link is followed (its target is replaced, the link kept) and a dangling one refused. A lock
-file beside each destination lets only one export write it at a time.
+export wrote (its manifest, or the serving repository's marker, lists it, and neither was edited
+since), never a folder holding anything else or the export's own inputs; ``--out`` and
+``--serving-repo`` are separate folders; a symbolic link is followed (its target is replaced, the
+link kept) and a dangling one refused. A lock file beside each destination lets only one export
+write it at a time. The folder handling is :mod:`mmadapter.folders`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
-import shutil
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,13 +27,21 @@ from typing import Any
 from mmadapter.errors import ExportError, MMAdapterError
 from mmadapter.export import onnx_io
 from mmadapter.export.defaults import DEFAULT_MAX_CLASSES, DEFAULT_PROVIDERS
+from mmadapter.export.inference_server import MARKER as REPOSITORY_MARKER
 from mmadapter.export.tensorrt import BatchProfile
-from mmadapter.files import first_line, remove_stale_temps, temp_name
+from mmadapter.folders import Destination, Owner, check_folder, destination, owned_folder, write_error
 from mmadapter.runtime.graphs import BATCH_AXES
-from mmadapter.runtime.manifest import file_entry, listed_files, package_versions, seal, sha256_file, write_manifest
+from mmadapter.runtime.manifest import (
+    MANIFEST,
+    file_entry,
+    listed_files,
+    package_versions,
+    seal,
+    sha256_file,
+    write_manifest,
+)
 
 MAX_REPORTED_FAILURES = 6
-LOCK_SUFFIX = ".lock"
 
 
 @dataclass
@@ -82,83 +88,21 @@ def check_export_arguments(*, opset: int = onnx_io.DEFAULT_OPSET, profile: Batch
 
 # Destinations ---------------------------------------------------------------------------------------------
 
-@dataclass
-class Destination:
-    """A folder the export writes, with symbolic links followed."""
+def _repository_files(folder: Path) -> set[str] | None:
+    from mmadapter.export.inference_server import written_files
 
-    given: Path  # as the caller named it, for messages
-    path: Path  # absolute, links resolved: what is replaced
-    what: str  # "--out" / "--serving-repo"
-    owned: Callable[[Path], str | None]  # first entry of a folder that no export wrote, or None
-
-    @property
-    def tmp(self) -> Path:
-        return temp_name(self.path)
-
-    @property
-    def lock(self) -> Path:
-        return self.path.with_name(f".{self.path.name}{LOCK_SUFFIX}")
+    return written_files(folder)
 
 
-def _resolve(path: Path, what: str) -> Path:
-    try:
-        if path.is_symlink():
-            return path.resolve(strict=True)
-        return path.resolve()
-    except (OSError, RuntimeError):
-        raise ExportError(f"{what} {path} is a broken symbolic link (or a link loop); refusing to write through it") \
-            from None
-
-
-def _foreign_in_export(folder: Path) -> str | None:
-    owned = listed_files(folder)
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if owned is None or entry.name not in owned or not entry.is_file(follow_symlinks=False):
-            return entry.name
-    return None
-
-
-def _foreign_in_repository(folder: Path) -> str | None:
-    from mmadapter.export.inference_server import MARKER, written_files
-
-    owned = written_files(folder)
-    for root, dirs, files in os.walk(folder):
-        rel_root = Path(root).relative_to(folder)
-        for name in sorted(files) + sorted(d for d in dirs if (Path(root) / d).is_symlink()):
-            rel = (rel_root / name).as_posix()
-            if owned is None or (rel not in owned and rel != MARKER) or (Path(root) / name).is_symlink():
-                return rel
-    return None
+# An export folder is ours when its manifest (hash checked) lists its files; a serving repository
+# when its marker (hash checked) does. Only those files are replaced by --overwrite.
+EXPORT_FOLDER = Owner("export", MANIFEST, listed_files, "holds files that no export wrote", error=ExportError)
+SERVING_REPOSITORY = Owner("export", REPOSITORY_MARKER, _repository_files, "holds files that no export wrote",
+                           error=ExportError)
 
 
 def _is_within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
-
-
-def _check_destination(dest: Destination, overwrite: bool, inputs: Sequence[tuple[str, Path]]) -> None:
-    path, given, what = dest.path, dest.given, dest.what
-    for label, inp in inputs:
-        if _is_within(inp, path):
-            raise ExportError(f"{what} {given} holds the {label} {inp}; choose a folder that does not contain the "
-                              "export's inputs")
-    if path.exists() and not path.is_dir():
-        raise ExportError(f"{what} {given} exists and is not a folder")
-    if path.is_dir():
-        try:
-            empty = not any(path.iterdir())
-            foreign = None if empty or not overwrite else dest.owned(path)
-        except OSError as exc:
-            raise ExportError(f"{what} {given} cannot be read: {first_line(exc)}") from None
-        if not empty and not overwrite:
-            raise ExportError(f"{what} {given} is not empty (use --overwrite to replace it)")
-        if foreign is not None:
-            raise ExportError(f"{what} {given} holds files that no export wrote (e.g. {foreign}); refusing to "
-                              "replace it")
-    probe = path.parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ExportError(f"{what} {given} cannot be written: {probe} is not a writable folder")
 
 
 def _inputs(checkpoint: Path) -> list[tuple[str, Path]]:
@@ -181,125 +125,18 @@ def check_destinations(checkpoint: str | Path, out_dir: str | Path, serving_repo
     """The destinations of an export after every check that needs no lock (see the module
     docstring); raises one ExportError line naming the argument and the file."""
     checkpoint = Path(checkpoint)
-    out = Destination(Path(out_dir), _resolve(Path(out_dir), "--out"), "--out", _foreign_in_export)
+    out = destination(out_dir, "--out", EXPORT_FOLDER)
     dests = [out]
     if serving_repo is not None:
-        repo = Destination(Path(serving_repo), _resolve(Path(serving_repo), "--serving-repo"), "--serving-repo",
-                           _foreign_in_repository)
+        repo = destination(serving_repo, "--serving-repo", SERVING_REPOSITORY)
         if _is_within(repo.path, out.path) or _is_within(out.path, repo.path):
             raise ExportError(f"--serving-repo {repo.given} and --out {out.given} must be separate folders, neither "
                               "inside the other")
         dests.append(repo)
     inputs = _inputs(checkpoint)
     for dest in dests:
-        _check_destination(dest, overwrite, inputs)
+        check_folder(dest, overwrite, inputs)
     return dests
-
-
-@contextlib.contextmanager
-def _claimed(dest: Destination, overwrite: bool, inputs: Sequence[tuple[str, Path]]) -> Iterator[Path]:
-    """Lock ``dest``, check it again under the lock, remove stale temporaries of killed runs and
-    yield a fresh temporary folder beside it. On leaving (success, error, Ctrl-C, SIGTERM) the
-    temporary folder, the lock file and any parent folders made here are removed."""
-    made: list[Path] = []
-    probe = dest.path.parent
-    while not probe.exists():
-        made.append(probe)
-        probe = probe.parent
-    fd = None
-    try:
-        try:
-            for folder in reversed(made):
-                folder.mkdir()
-            fd = _lock(dest)
-            _check_destination(dest, overwrite, inputs)
-            remove_stale_temps(dest.path)
-            tmp = dest.tmp
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-        except OSError as exc:
-            raise _write_error(dest, exc) from None
-        yield tmp
-    finally:
-        shutil.rmtree(dest.tmp, ignore_errors=True)
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                dest.lock.unlink()
-            os.close(fd)
-        for folder in made:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
-
-def _write_error(dest: Destination, exc: OSError) -> MMAdapterError:
-    if isinstance(exc, MMAdapterError):
-        return exc
-    reason = "no space left on the device" if exc.errno == errno.ENOSPC else first_line(exc)
-    return ExportError(f"cannot write {dest.what} {dest.given}: {reason}")
-
-
-def _lock(dest: Destination) -> int:
-    """An exclusive flock on ``.<name>.lock`` beside ``dest``; a held lock is an error at once."""
-    for _ in range(5):
-        fd = os.open(dest.lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            with contextlib.suppress(OSError):
-                pid = os.read(fd, 32).decode(errors="replace").strip()
-            os.close(fd)
-            raise ExportError(f"another export into {dest.what} {dest.given} is running (pid {pid or 'unknown'}); "
-                              f"wait for it to finish") from None
-        # The holder before us may have removed the file after we opened it: then our lock is on a
-        # file no one else sees, and we start again with the one now at that path.
-        try:
-            same = os.stat(dest.lock).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            return fd
-        os.close(fd)
-    raise ExportError(f"cannot lock {dest.what} {dest.given}: {dest.lock} keeps changing")
-
-
-def _move_into_place(tmp: Path, dest: Destination, overwrite: bool) -> None:
-    """Replace ``dest`` by ``tmp`` with renames only. An earlier export is set aside under a temporary
-    name, checked again there (nothing can add to it by its old name any more), and removed last;
-    renaming onto a folder that another process filled meanwhile fails instead of replacing it."""
-    path = dest.path
-    old = None
-    if os.path.lexists(path):
-        if path.is_symlink() or not path.is_dir():
-            raise ExportError(f"{dest.what} {dest.given} changed during the export; nothing was replaced")
-        old = temp_name(path, ".old")
-        os.rename(path, old)
-        try:
-            if overwrite:
-                foreign = dest.owned(old)
-            else:
-                with os.scandir(old) as entries:
-                    foreign = next((e.name for e in entries), None)
-        except OSError as exc:
-            foreign = first_line(exc)
-        if foreign is not None:
-            os.rename(old, path)
-            raise ExportError(f"{dest.what} {dest.given} was filled by another process during the export (it holds "
-                              f"{foreign}); nothing was replaced")
-    try:
-        os.rename(tmp, path)
-    except OSError as exc:
-        if old is not None:
-            try:
-                os.rename(old, path)
-            except OSError:
-                raise ExportError(f"{dest.what} {dest.given} was created by another process during the export; "
-                                  f"the previous export is kept in {old}") from None
-        raise ExportError(f"{dest.what} {dest.given} was created by another process during the export; not "
-                          f"replaced ({first_line(exc)})") from None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _summarise(failures: list[str]) -> str:
@@ -343,19 +180,18 @@ def export_checkpoint(
     bar = tqdm(total=steps, desc="export", unit="step", disable=None if progress else True, file=sys.stderr,
                leave=False)
     try:  # the bar is cleared before any error is printed, so the error is the only line left
+        # Leaving the stack without an error swaps each folder into place (the repository first).
         with contextlib.ExitStack() as stack:
-            temps = [stack.enter_context(_claimed(d, overwrite, inputs)) for d in dests]
+            temps = [stack.enter_context(owned_folder(d, overwrite=overwrite, protected=inputs)) for d in dests]
             try:
                 manifest, reports, tensorrt_error = _export(
                     checkpoint, temps[0], temps[1] if serving_repo is not None else None, bar, fp16=fp16,
                     int8=int8, openvino=openvino, calibration=calibration, opset=opset, validate=validate,
                     tensorrt=tensorrt, profile=profile, max_classes=max_classes, providers=providers)
             except OSError as exc:
-                raise _write_error(dests[0], exc) from None
+                raise write_error(dests[0], exc) from None
             bar.set_postfix_str("move into place")
-            for dest, tmp in zip(dests, temps):
-                _move_into_place(tmp, dest, overwrite)
-            bar.update()
+        bar.update()
     finally:
         bar.close()
     return ExportResult(dests[0].path, manifest, reports, dests[1].path if serving_repo is not None else None,

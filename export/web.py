@@ -32,6 +32,7 @@ from typing import Any
 
 from mmadapter.errors import ExportError
 from mmadapter.files import atomic_write_text, first_line, sha256_file, temp_name
+from mmadapter.folders import Destination, Owner, check_folder, destination, owned_folder
 from mmadapter.runtime.graphs import GRAPH_NAMES, IMAGE_CLASSIFIER
 from mmadapter.runtime.images import MAX_ASPECT_RATIO, MAX_PIXELS, MAX_RESIZED_PIXELS
 from mmadapter.runtime.manifest import read_manifest, verified_file
@@ -50,7 +51,7 @@ ORT_WEB_CACHE_ENV = "MMADAPTER_ORT_WEB_CACHE"
 NPM_TIMEOUT_S = 300
 ASSETS = ("index.html", "app.js", "style.css")
 ASSET_DIR = Path(__file__).with_name("web_assets")
-WEB_MARKER = "model.json"  # written last: a folder holding it is an earlier web folder, safe to replace
+WEB_MARKER = "model.json"  # written last; with our format in it, it marks an earlier web folder (replaced whole)
 WEB_FORMAT = "mmadapter-web"
 PRECISIONS = ("fp32", "fp16", "int8")
 KINDS = ("portable", "ort")  # not "openvino": onnxruntime-web reads ONNX files only
@@ -212,18 +213,35 @@ def page_config(manifest: dict[str, Any], graphs: dict[str, dict[str, Any]], has
     }
 
 
-def _check_destination(out: Path, export_dir: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--web {out} is a file; give a folder")
-    if out.resolve() == export_dir.resolve() or out.resolve().is_relative_to(export_dir.resolve()):
+def _web_folder_proof(folder: Path) -> tuple[()] | None:
+    """An earlier web folder is recognised by its ``model.json`` of our format (another program's
+    model.json, TensorFlow.js's say, does not make a folder ours); it is then replaced as a whole."""
+    try:
+        config = json.loads((Path(folder) / WEB_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return () if isinstance(config, dict) and config.get("format") == WEB_FORMAT else None
+
+
+WEB_FOLDER = Owner("web export", WEB_MARKER, _web_folder_proof, "holds files that no earlier web export wrote",
+                   whole=True, error=ExportError)
+
+
+def _destination(out: Path, export_dir: Path) -> Destination:
+    dest = destination(out, "--web", WEB_FOLDER)
+    if _is_inside(dest.path, export_dir.resolve()):
         raise ExportError(f"--web {out} is inside the export folder {export_dir}; give a folder outside it")
-    if out.is_dir() and any(out.iterdir()) and not (out / WEB_MARKER).is_file():
-        raise ExportError(f"--web {out} holds files that no earlier web export wrote; give a new or empty folder")
+    check_folder(dest, overwrite=True, protected=[("export folder", export_dir.resolve())])
+    return dest
+
+
+def _is_inside(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
 
 
 def check_web_destination(out_dir: str | Path, export_dir: str | Path) -> None:
     """The cheap check for the CLI, before any export runs."""
-    _check_destination(Path(out_dir), Path(export_dir))
+    _destination(Path(out_dir), Path(export_dir))
 
 
 def write_web(export_dir: str | Path, out_dir: str | Path, ort_web: str | Path | None = None,
@@ -231,7 +249,7 @@ def write_web(export_dir: str | Path, out_dir: str | Path, ort_web: str | Path |
     """Write the web folder for an export folder. The folder is built beside ``out_dir`` and renamed into
     place when complete; an earlier web folder there is replaced, anything else refused."""
     export_dir, out = Path(export_dir), Path(out_dir)
-    _check_destination(out, export_dir)
+    dest = _destination(out, export_dir)
     manifest = read_manifest(export_dir)
     _check_validated(export_dir, manifest)
     graphs = {g: choose_graph(export_dir, manifest, g) for g in GRAPH_NAMES if g in manifest["graphs"]}
@@ -249,31 +267,22 @@ def write_web(export_dir: str | Path, out_dir: str | Path, ort_web: str | Path |
     if missing:
         raise ExportError(f"the installed mmadapter lacks its web page files {missing} in {ASSET_DIR}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        (tmp / "models").mkdir(parents=True)
-        (tmp / "ort").mkdir()
-        for asset in ASSETS:
-            shutil.copyfile(ASSET_DIR / asset, tmp / asset)
-        hashes = {}
-        for name, path in sources.items():
-            shutil.copyfile(path, tmp / "models" / name)
-            hashes[name] = manifest["files"][name]["sha256"]
-        for name, path in ort_files.items():
-            shutil.copyfile(path, tmp / "ort" / name)
-        config = page_config(manifest, graphs, hashes)
-        atomic_write_text(tmp / WEB_MARKER, json.dumps(config, indent=1, ensure_ascii=False) + "\n")
-        if out.is_dir():
-            shutil.rmtree(out)  # an earlier web folder (checked above)
-        os.replace(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ExportError(f"cannot write the web folder {out}: {first_line(exc)}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with owned_folder(dest, overwrite=True, protected=[("export folder", export_dir.resolve())]) as tmp:
+        try:
+            (tmp / "models").mkdir()
+            (tmp / "ort").mkdir()
+            for asset in ASSETS:
+                shutil.copyfile(ASSET_DIR / asset, tmp / asset)
+            hashes = {}
+            for name, path in sources.items():
+                shutil.copyfile(path, tmp / "models" / name)
+                hashes[name] = manifest["files"][name]["sha256"]
+            for name, path in ort_files.items():
+                shutil.copyfile(path, tmp / "ort" / name)
+            config = page_config(manifest, graphs, hashes)
+            atomic_write_text(tmp / WEB_MARKER, json.dumps(config, indent=1, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            raise ExportError(f"cannot write the web folder {out}: {first_line(exc)}") from None
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     return WebResult(out, graphs, ORT_WEB_VERSION, files)
 

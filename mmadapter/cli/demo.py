@@ -20,7 +20,7 @@ from mmadapter.data.digits import DIGITS_TEMPLATE, write_digits_folder
 from mmadapter.data.embeddings import ClipProvider
 from mmadapter.data.fewshot import base_novel_classes, few_shot_splits, image_folder_dataset, restrict
 from mmadapter.errors import DataError
-from mmadapter.files import FileWriteError, first_line
+from mmadapter.folders import Owner, destination, owned_folder
 from mmadapter.model.backbone import load_clip, save_clip_weights
 from mmadapter.model.checkpoint import save_checkpoint
 from mmadapter.model.classify import Prediction, collect_images, format_predictions, predict_images
@@ -97,28 +97,27 @@ def _write_prediction_images(out_dir: Path, test_paths: list[Path], class_of: di
 
 DEMO_MARKER = ".mmadapter-demo"  # written first: the folder is the demo's to rewrite on the next run
 
-
-def claim_demo_folder(out_dir: Path) -> Path:
-    """``out_dir`` if it is new, empty or an earlier demo's output; the demo rewrites files and folders
-    there (images/, onnx/, the checkpoint, the report), so a folder holding anything else is refused."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"--out {out_dir} is a file; give a folder for the demo's output")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / DEMO_MARKER).is_file():
-        raise DataError(f"--out {out_dir} holds files that the demo did not write; give a new or empty folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / DEMO_MARKER).touch()
-    except OSError as exc:
-        raise FileWriteError(f"cannot write the demo's output to {out_dir}: {first_line(exc)}") from None
-    return out_dir
+# The demo owns its whole output folder once marked. It is filled in place, not built aside and
+# swapped in, because what it prints and returns (images, predictions, the export) names final paths.
+DEMO_FOLDER = Owner("demo", DEMO_MARKER, lambda folder: () if (folder / DEMO_MARKER).is_file() else None,
+                    "holds files that the demo did not write", whole=True,
+                    write_marker=lambda folder: (folder / DEMO_MARKER).touch(), error=DataError)
 
 
 def run_demo(
     out_dir: str | Path = "demo-output", progress: bool = False, seed: int = 1,
     log: Callable[[str], None] = print, web: bool = False, ort_web: str | Path | None = None,
 ) -> DemoResult:
+    """The demo into ``out_dir`` (new, empty or an earlier demo's), under its lock: a second demo
+    into the same folder meanwhile fails at once."""
+    out_dir = Path(out_dir)
+    with owned_folder(destination(out_dir, "--out", DEMO_FOLDER), overwrite=True, in_place=True):
+        return _run_demo(out_dir, progress, seed, log, web, ort_web)
+
+
+def _run_demo(out_dir: Path, progress: bool, seed: int, log: Callable[[str], None], web: bool,
+              ort_web: str | Path | None) -> DemoResult:
     start = time.perf_counter()
-    out_dir = claim_demo_folder(Path(out_dir))
     log(RANDOM_WEIGHTS_NOTICE)
     provider = _demo_clip(out_dir, seed)
     clip = provider.get()

@@ -407,18 +407,30 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 
 def listed_files(folder: Path) -> set[str] | None:
-    """Names an earlier export wrote into ``folder`` (any format version, hash not checked), from its
-    manifest; None when ``folder`` holds no readable mmadapter manifest."""
+    """Names an earlier export wrote into ``folder``, from its manifest; None when ``folder`` holds no
+    readable mmadapter manifest or one edited after the export (its hash differs), since an edited
+    list could name the user's files. A listed file whose size differs from the manifest's is left
+    out: it is not what the export wrote."""
     try:
         data = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME or not isinstance(data.get("files"), dict):
         return None
-    names = {n for n in data["files"] if plain_file_name(n)}
+    if data.get(HASH_FIELD) != manifest_hash(data):
+        return None
+    names = {n for n, entry in data["files"].items() if plain_file_name(n) and _same_size(Path(folder) / n, entry)}
     # TensorRT sidecars (<engine>.json) and the timing cache are written beside the engines.
     names |= {Path(n).with_suffix(".json").name for n in names if n.endswith(".plan")}
     return names | {MANIFEST, "timing.cache"}
+
+
+def _same_size(path: Path, entry: Any) -> bool:
+    size = entry.get("bytes") if isinstance(entry, dict) else None
+    try:
+        return size is None or (not path.is_symlink() and path.stat().st_size == size)
+    except OSError:
+        return False
 
 
 def verified_file(folder: Path, manifest: dict[str, Any], name: str) -> Path:
