@@ -161,5 +161,6 @@ def test_writer_refuses_what_the_reader_refuses(raw: dict[str, Any], tmp_path: P
 def test_tokenizer_section_on_its_own(raw: dict[str, Any]) -> None:
     tok = Tokenizer.from_dict(raw["tokenizer"])
     assert tok.to_dict() == raw["tokenizer"]
-    with pytest.raises(ExportError, match=r"section is invalid: tokenizer: unknown fields \['sot'\]; tokenizer.sot_token_id: must be >= 0"):
+    with pytest.raises(ExportError, match=r"section is invalid: tokenizer: unknown fields \['sot'\]; "
+                                          r"tokenizer.sot_token_id: must be >= 0"):
         Tokenizer.from_dict({**raw["tokenizer"], "sot_token_id": -1, "sot": 1})
