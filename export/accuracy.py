@@ -50,20 +50,20 @@ def variants(model: Any) -> dict[str, Callable[[], Any]]:
     from mmadapter.runtime.manifest import verified_file
     from mmadapter.runtime.model import Session
 
-    entry = model.manifest["graphs"][IMAGE_CLASSIFIER]
-    batch_inputs = entry["batch_inputs"]
+    entry = model.manifest.graphs[IMAGE_CLASSIFIER]
+    batch_inputs = entry.batch_inputs
     out: dict[str, Callable[[], Any]] = {}
     names = {("fp32", "ort"): "onnxruntime fp32", ("int8", "ort"): "onnxruntime int8 dynamic",
              ("int8", "portable"): "onnxruntime int8 static (Q/DQ)", ("fp32", "openvino"): "openvino fp32",
              ("int8", "openvino"): "openvino int8 (Q/DQ)"}
     for (precision, kind), label in names.items():
-        file = entry["files"].get(precision, {}).get(kind)
+        file = entry.files[precision].get(kind) if precision in entry.files else None
         if file is None:
             continue
         if kind == "openvino":
             from mmadapter.runtime.engines.openvino import verified_ir
 
-            out[label] = lambda p=precision, f=entry["files"][precision]: Session(open_session(
+            out[label] = lambda p=precision, f=entry.files[precision]: Session(open_session(
                 verified_ir(model.folder, model.manifest, f, IMAGE_CLASSIFIER, p), engine="openvino", precision=p),
                 batch_axis_inputs=batch_inputs)
         else:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from mmadapter.files import atomic_write_text, atomic_write_with
 from mmadapter.folders import read_listing, write_listing
+from mmadapter.runtime.manifest import GraphIO, Manifest, TensorSpec
 
 # What a repository written here holds (sealed by its own sha256), so that a later --overwrite
 # replaces only that.
@@ -24,17 +24,17 @@ MARKER_FORMAT = "mmadapter-serving-repository"
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 
 
-def _tensor_block(t: dict[str, Any], drop_batch: bool) -> str:
-    dims = t["shape"][1:] if drop_batch else t["shape"]
+def _tensor_block(t: TensorSpec, drop_batch: bool) -> str:
+    dims = t.shape[1:] if drop_batch else t.shape
     dims_txt = ", ".join(str(d) if isinstance(d, int) else "-1" for d in dims)
-    return f'  {{\n    name: "{t["name"]}"\n    data_type: {TRITON_DTYPES[t["dtype"]]}\n    dims: [ {dims_txt} ]\n  }}'
+    return f'  {{\n    name: "{t.name}"\n    data_type: {TRITON_DTYPES[t.dtype]}\n    dims: [ {dims_txt} ]\n  }}'
 
 
-def config_pbtxt(name: str, platform: str, io: dict[str, Any], batchable: bool, max_batch_size: int,
+def config_pbtxt(name: str, platform: str, io: GraphIO, batchable: bool, max_batch_size: int,
                  gpu: bool = False) -> str:
     lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch_size if batchable else 0}"]
-    lines.append("input [\n" + ",\n".join(_tensor_block(t, batchable) for t in io["inputs"]) + "\n]")
-    lines.append("output [\n" + ",\n".join(_tensor_block(t, batchable) for t in io["outputs"]) + "\n]")
+    lines.append("input [\n" + ",\n".join(_tensor_block(t, batchable) for t in io.inputs) + "\n]")
+    lines.append("output [\n" + ",\n".join(_tensor_block(t, batchable) for t in io.outputs) + "\n]")
     if batchable:
         # Requests are merged up to the profile's preferred size, waiting at most 0.5 ms for company.
         lines.append("dynamic_batching {\n  max_queue_delay_microseconds: 500\n}")
@@ -42,25 +42,25 @@ def config_pbtxt(name: str, platform: str, io: dict[str, Any], batchable: bool, 
     return "\n".join(lines) + "\n"
 
 
-def write_model_repository(export_dir: Path, repo: Path, manifest: dict[str, Any], max_batch_size: int = 64,
+def write_model_repository(export_dir: Path, repo: Path, manifest: Manifest, max_batch_size: int = 64,
                            precision: str = "fp32") -> list[Path]:
     """Write one ONNX model per graph, and one TensorRT model per engine in the manifest, plus the
     :data:`MARKER` listing every file written. Write errors are one FileWriteError line."""
     written = []
     files: list[str] = []
-    for graph, entry in manifest["graphs"].items():
-        paths = entry["files"].get(precision) or entry["files"]["fp32"]
+    for graph, entry in manifest.graphs.items():
+        paths = entry.files.get(precision) or entry.files["fp32"]
         # The portable graph: Triton's ORT backend applies its own fusions, and a portable file
         # does not depend on the contrib ops of the ONNX Runtime version that Triton bundles.
-        models = [(graph, "onnxruntime_onnx", paths["portable"], "model.onnx", False)]
-        engine = manifest.get("tensorrt", {}).get("engines", {}).get(graph)
+        models = [(graph, "onnxruntime_onnx", paths.portable, "model.onnx", False)]
+        engine = manifest.tensorrt.engines.get(graph) if manifest.tensorrt is not None else None
         if engine:
-            models.append((f"{graph}_trt", "tensorrt_plan", engine["file"], "model.plan", True))
+            models.append((f"{graph}_trt", "tensorrt_plan", engine.file, "model.plan", True))
         for name, platform, src, dst_name, gpu in models:
             model_file = repo / name / "1" / dst_name
             atomic_write_with(model_file, lambda tmp, src=src: shutil.copyfile(Path(export_dir) / src, tmp))
             cfg = atomic_write_text(repo / name / "config.pbtxt",
-                                    config_pbtxt(name, platform, entry["io"], entry["batchable"], max_batch_size, gpu))
+                                    config_pbtxt(name, platform, entry.io, entry.batchable, max_batch_size, gpu))
             files += [f"{name}/1/{dst_name}", f"{name}/config.pbtxt"]
             written.append(cfg)
     write_listing(repo, MARKER, MARKER_FORMAT, files)

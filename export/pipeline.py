@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,20 @@ from mmadapter.folders import Destination, Owner, check_folder, destination, own
 from mmadapter.runtime.graphs import BATCH_AXES
 from mmadapter.runtime.manifest import (
     MANIFEST,
+    CheckpointRef,
+    Engine,
+    GraphEntry,
+    GraphFiles,
+    GraphIO,
+    LabelSet,
+    Manifest,
+    Report,
+    TensorRT,
+    TensorSpec,
+    Validation,
     file_entry,
     listed_files,
     package_versions,
-    seal,
     sha256_file,
     write_manifest,
 )
@@ -47,14 +57,14 @@ MAX_REPORTED_FAILURES = 6
 @dataclass
 class ExportResult:
     out_dir: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     validation: list[dict[str, Any]] = field(default_factory=list)
     serving_repo: Path | None = None
     tensorrt_error: str | None = None  # set when --tensorrt could not run here (ONNX files were written)
 
     @property
     def files(self) -> list[str]:
-        return sorted(self.manifest["files"])
+        return sorted(self.manifest.files)
 
 
 # Arguments ------------------------------------------------------------------------------------------------
@@ -201,7 +211,7 @@ def export_checkpoint(
 def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp16: bool, int8: bool,
             openvino: bool, calibration: Path | None, opset: int,
             validate: bool, tensorrt: bool, profile: BatchProfile, max_classes: int,
-            providers: Sequence[str] | None) -> tuple[dict[str, Any], list[dict[str, Any]], str | None]:
+            providers: Sequence[str] | None) -> tuple[Manifest, list[dict[str, Any]], str | None]:
     """Every file of the export into ``tmp`` (and the repository into ``repo_tmp``)."""
     import torch
 
@@ -236,7 +246,7 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
     if calibration is not None:
         step("calibration images")
         calibration = load_calibration(calibration, Preprocessing(clip.image_size, clip.image_mean, clip.image_std))
-    graphs: dict[str, Any] = {}
+    graphs: dict[str, GraphEntry] = {}
     fusions: dict[str, dict[str, int]] = {}
     for spec in specs:
         step(f"export {spec.name}")
@@ -256,16 +266,17 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
             int8_matmuls = onnx_io.quantize_int8(tmp / files["fp32"]["ort"], tmp / files["int8"]["ort"],
                                                  spec.int8_scopes)
         calibrated = write_calibrated_graphs(tmp, spec, files, calibration, openvino)
-        graphs[spec.name] = {
-            "description": spec.description,
-            "batchable": spec.batchable,
-            "batch_inputs": [t.name for t in spec.inputs if t.batch_axis in BATCH_AXES],
-            "io": {"inputs": [t.to_dict() for t in spec.inputs], "outputs": [t.to_dict() for t in spec.outputs]},
-            "files": files,
-            "ort_fusions": fusions[spec.name],
-            **({"int8_matmuls": int8_matmuls} if int8_matmuls else {}),
+        graphs[spec.name] = GraphEntry(
+            description=spec.description,
+            batchable=spec.batchable,
+            batch_inputs=tuple(t.name for t in spec.inputs if t.batch_axis in BATCH_AXES),
+            io=GraphIO(*(tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in ts)
+                         for ts in (spec.inputs, spec.outputs))),
+            files={precision: GraphFiles(**kinds) for precision, kinds in files.items()},
+            ort_fusions=fusions[spec.name],
+            int8_matmuls=int8_matmuls or None,
             **calibrated,
-        }
+        )
         bar.update(1 + int(fp16) + int(int8))
 
     reports: list[dict[str, Any]] = []
@@ -279,24 +290,23 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
             raise ExportError(f"validation failed: {_summarise(failures)}")
         bar.update()
 
-    manifest = _manifest(tmp, checkpoint, meta, clip, graphs, opset, reports, validate, context_length)
-    if calibration is not None:
-        manifest["calibration"] = calibration.to_dict()
-    manifest["tokenizer"] = {"model_name": meta.clip.model_name, **tokenizer_fields}
-    if validate:
-        manifest["validation"]["open_vocabulary"] = open_reports
-    tensorrt_error = None
+    tensorrt_error = tensorrt_section = None
     if tensorrt:
         step("tensorrt")
         from mmadapter.runtime.engines.tensorrt import tensorrt_unavailable_reason
 
         tensorrt_error = tensorrt_unavailable_reason()
         if tensorrt_error is None:
-            manifest["tensorrt"] = _build_engines(tmp, graphs, profile, max_classes, len(bank.class_names), fp16)
+            tensorrt_section = _build_engines(tmp, graphs, profile, max_classes, len(bank.class_names), fp16)
         bar.update()
-    manifest["files"] = {name: file_entry(tmp, name) for name in sorted(os.listdir(tmp))
-                         if (tmp / name).is_file() and (name == tokenizer_fields["file"] or not name.endswith(".json"))}
-    manifest = seal(manifest)
+    files = {name: file_entry(tmp, name) for name in sorted(os.listdir(tmp))
+             if (tmp / name).is_file() and (name == tokenizer_fields.file or not name.endswith(".json"))}
+    validation = Validation(validate, all(r["passed"] for r in reports) if validate else None,
+                            tuple(map(Report.from_dict, reports)),
+                            tuple(map(Report.from_dict, open_reports)) if validate else None)
+    manifest = _manifest(checkpoint, meta, clip, graphs, opset, validation, files,
+                         replace(tokenizer_fields, model_name=meta.clip.model_name),
+                         calibration.to_dict() if calibration is not None else None, tensorrt_section)
     write_manifest(tmp, manifest)
     if repo_tmp is not None:
         step("serving repository")
@@ -330,7 +340,7 @@ def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, b
     held_out = [holdout_case(clip, adapter, bank, meta.logit_scale, calibration.holdout)] if calibration else []
     reports = []
     for spec in specs:
-        for precision, files in graphs[spec.name]["files"].items():
+        for precision, files in graphs[spec.name].files.items():
             for kind, name in files.items():
                 factory = _opener(kind, precision, chosen)
                 if precision == "int8" and kind != "ort" and held_out:  # calibrated: see validate_static
@@ -354,8 +364,8 @@ def _validate_open_vocabulary(graphs, folder, tokenizer_fields, clip, adapter, m
 
     chosen = resolve_providers(providers)
     # The path runs .ort.onnx files of several precisions (int8 images, fp32 text): each opens at its own.
-    precision_of = {files["ort"]: precision for entry in graphs.values()
-                    for precision, files in entry["files"].items() if "ort" in files}
+    precision_of = {files.ort: precision for entry in graphs.values()
+                    for precision, files in entry.files.items() if files.ort is not None}
 
     def opener(path: Path) -> Any:
         return _opener("ort", precision_of.get(path.name, "fp32"), chosen)(path)
@@ -364,36 +374,31 @@ def _validate_open_vocabulary(graphs, folder, tokenizer_fields, clip, adapter, m
                                     meta.label_set.class_names, meta.label_set.templates, opener)
 
 
-def _manifest(folder, checkpoint, meta, clip, graphs, opset, reports, validated, context_length) -> dict[str, Any]:
+def _manifest(checkpoint, meta, clip, graphs, opset, validation, files, tokenizer, calibration,
+              tensorrt) -> Manifest:
     from mmadapter.runtime.preprocess import Preprocessing
 
-    tok = clip.tokenizer
-    return {
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "checkpoint": {"file": checkpoint.name, "sha256": sha256_file(checkpoint)},
-        "clip": meta.clip.to_dict(),
-        "adapter": meta.adapter.to_dict(),
-        "logit_scale": meta.logit_scale,
-        "label_set": meta.label_set.to_dict(),
-        "preprocessing": Preprocessing(clip.image_size, clip.image_mean, clip.image_std).to_dict(),
-        "tokenizer": {
-            "kind": f"open_clip {type(tok).__name__}",
-            "model_name": meta.clip.model_name,
-            "context_length": context_length,
-            "sot_token_id": getattr(tok, "sot_token_id", None),
-            "eot_token_id": getattr(tok, "eot_token_id", None),
-            "note": "byte-level BPE of open_clip (bpe_simple_vocab_16e6); lower-cased, padded with 0",
-        },
-        "opset": opset,
-        "versions": package_versions(),
-        "graphs": graphs,
-        "validation": {"run": validated, "passed": all(r["passed"] for r in reports) if validated else None,
-                       "reports": reports},
-    }
+    return Manifest(
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        checkpoint=CheckpointRef(checkpoint.name, sha256_file(checkpoint)),
+        clip=meta.clip.to_dict(),
+        adapter=meta.adapter.to_dict(),
+        logit_scale=meta.logit_scale,
+        label_set=LabelSet(tuple(meta.label_set.class_names), tuple(meta.label_set.templates)),
+        preprocessing=Preprocessing(clip.image_size, clip.image_mean, clip.image_std),
+        tokenizer=tokenizer,
+        opset=opset,
+        versions=package_versions(),
+        graphs=graphs,
+        validation=validation,
+        calibration=calibration,
+        tensorrt=tensorrt,
+        files=files,
+    )
 
 
 def _build_engines(folder: Path, graphs: dict[str, Any], profile: BatchProfile, max_classes: int, num_classes: int,
-                   fp16: bool) -> dict[str, Any]:
+                   fp16: bool) -> TensorRT:
     import tensorrt as trt
 
     from mmadapter.export.tensorrt import build_engine, engine_filename
@@ -403,13 +408,12 @@ def _build_engines(folder: Path, graphs: dict[str, Any], profile: BatchProfile, 
     precision = "fp16" if fp16 else "fp32"
     engines = {}
     for graph, entry in graphs.items():
-        onnx_path = folder / entry["files"][precision]["portable"]
+        onnx_path = folder / entry.files[precision].portable
         name = engine_filename(graph, sha256_file(onnx_path), trt.__version__, gpu.name, profile)
-        build_engine(onnx_path, folder / name, entry["io"]["inputs"], profile,
+        build_engine(onnx_path, folder / name, entry.io.inputs, profile,
                      (1, min(num_classes, max_classes), max_classes), precision, folder / "timing.cache")
-        engines[graph] = {"file": name, "sidecar": Path(name).with_suffix(".json").name, "precision": precision}
+        engines[graph] = Engine(name, Path(name).with_suffix(".json").name, precision)
     from mmadapter.export.tensorrt import build_int8_engines
 
     engines.update(build_int8_engines(folder, graphs, profile, gpu.name, trt.__version__))  # untested: no GPU
-    return {"version": trt.__version__, "gpu": gpu.name, "compute_capability": gpu.compute_capability,
-            "profile": vars(profile), "engines": engines}
+    return TensorRT(engines, trt.__version__, gpu.name, gpu.compute_capability, vars(profile))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from mmadapter.export.defaults import DEFAULT_PROFILE
 from mmadapter.files import atomic_write_bytes, atomic_write_text
 from mmadapter.runtime.engines.tensorrt import GpuInfo, check_sidecar, cuda_gpu, sidecar_path
 from mmadapter.runtime.graphs import NUM_CLASSES
+from mmadapter.runtime.manifest import Engine, GraphEntry, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -56,21 +58,21 @@ def make_sidecar(
             "onnx_sha256": onnx_sha256, "profile": vars(profile), "precision": precision}
 
 
-def _profile_shapes(inputs: list[dict[str, Any]], profile: BatchProfile, class_range: tuple[int, int, int]):
+def _profile_shapes(inputs: Sequence[TensorSpec], profile: BatchProfile, class_range: tuple[int, int, int]):
     """min/opt/max shape per input: batch axes from the profile, the class axis from class_range."""
     for spec in inputs:
         mins, opts, maxs = [], [], []
-        for dim in spec["shape"]:
+        for dim in spec.shape:
             if isinstance(dim, int):
                 mins.append(dim), opts.append(dim), maxs.append(dim)
             elif dim == NUM_CLASSES:
                 mins.append(class_range[0]), opts.append(class_range[1]), maxs.append(class_range[2])
             else:
                 mins.append(profile.min), opts.append(profile.opt), maxs.append(profile.max)
-        yield spec["name"], tuple(mins), tuple(opts), tuple(maxs)
+        yield spec.name, tuple(mins), tuple(opts), tuple(maxs)
 
 
-def build_engine(onnx_path: Path, plan_path: Path, inputs: list[dict[str, Any]], profile: BatchProfile,
+def build_engine(onnx_path: Path, plan_path: Path, inputs: Sequence[TensorSpec], profile: BatchProfile,
                  class_range: tuple[int, int, int], precision: str, timing_cache: Path,
                  workspace_bytes: int = 4 << 30) -> Path:
     """Build and serialise one engine (plus its sidecar); reuse it when the cached file exists."""
@@ -112,8 +114,8 @@ def build_engine(onnx_path: Path, plan_path: Path, inputs: list[dict[str, Any]],
     return plan_path
 
 
-def build_int8_engines(folder: Path, graphs: dict[str, Any], profile: BatchProfile, gpu_name: str,
-                       trt_version: str) -> dict[str, Any]:
+def build_int8_engines(folder: Path, graphs: Mapping[str, GraphEntry], profile: BatchProfile, gpu_name: str,
+                       trt_version: str) -> dict[str, Engine]:
     """Explicit-quantization int8 engines from the calibrated Q/DQ graphs (``files.int8.portable``, written
     with calibration images). **Untested here** (no TensorRT or GPU on the project's machines).
 
@@ -126,13 +128,13 @@ def build_int8_engines(folder: Path, graphs: dict[str, Any], profile: BatchProfi
 
     engines = {}
     for graph, entry in graphs.items():
-        qdq = entry["files"].get("int8", {}).get("portable")
+        qdq = entry.files["int8"].portable if "int8" in entry.files else None
         if qdq is None:
             continue
         name = engine_filename(f"{graph}.int8", sha256_file(folder / qdq), trt_version, gpu_name, profile)
-        n = entry["io"]["outputs"][0]["shape"][-1]
+        n = entry.io.outputs[0].shape[-1]
         classes = (n, n, n) if isinstance(n, int) else (1, 1, 1)
-        build_engine(folder / qdq, folder / name, entry["io"]["inputs"], profile, classes, "int8",
+        build_engine(folder / qdq, folder / name, entry.io.inputs, profile, classes, "int8",
                      folder / "timing.cache")
-        engines[f"{graph}.int8"] = {"file": name, "sidecar": sidecar_path(Path(name)).name, "precision": "int8"}
+        engines[f"{graph}.int8"] = Engine(name, sidecar_path(Path(name)).name, "int8")
     return engines

@@ -9,6 +9,7 @@ from typing import Any
 
 from mmadapter.errors import ExportError
 from mmadapter.files import atomic_write_text
+from mmadapter.runtime.manifest import Tokenizer
 from mmadapter.runtime.tokenizer import (
     CLEANING,
     KIND,
@@ -63,8 +64,8 @@ def from_open_clip(tokenizer: Any) -> tuple[str, dict[str, Any]]:
     return tokenizer_json(encoder, merges), fields
 
 
-def write_tokenizer(folder: Path, tokenizer: Any) -> dict[str, Any]:
+def write_tokenizer(folder: Path, tokenizer: Any) -> Tokenizer:
     """Write ``tokenizer.json`` into ``folder`` (atomically); returns the manifest's ``tokenizer`` section."""
     text, fields = from_open_clip(tokenizer)
     atomic_write_text(Path(folder) / TOKENIZER_FILE, text)
-    return fields
+    return Tokenizer.from_dict(fields)

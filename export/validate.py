@@ -314,13 +314,13 @@ def validate_open_vocabulary(
     tokens_match = bool((tokenizer(prompts) == clip.tokenizer(prompts).numpy()).all())
     width = (int(ref_bank.text_emb.shape[1]), int(ref_bank.keys.shape[1]))
     reports = []
-    for precision in graphs[IMAGE_CLASSIFIER]["files"]:
+    for precision in graphs[IMAGE_CLASSIFIER].files:
         text_precision = "fp32" if precision == "int8" else precision
         sessions: dict[str, Any] = {}
 
         def run(graph: str, feeds: dict[str, np.ndarray], precision: str = precision,
                 text_precision: str = text_precision, sessions: dict[str, Any] = sessions) -> dict[str, np.ndarray]:
-            file = graphs[graph]["files"][precision if graph == IMAGE_CLASSIFIER else text_precision]["ort"]
+            file = graphs[graph].files[precision if graph == IMAGE_CLASSIFIER else text_precision].ort
             if file not in sessions:
                 sessions[file] = session_factory(folder / file)
             sess = sessions[file]

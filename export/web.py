@@ -35,7 +35,7 @@ from mmadapter.files import atomic_write_text, first_line, sha256_file, temp_nam
 from mmadapter.folders import Destination, Owner, check_folder, destination, owned_folder
 from mmadapter.runtime.graphs import GRAPH_NAMES, IMAGE_CLASSIFIER
 from mmadapter.runtime.images import MAX_ASPECT_RATIO, MAX_PIXELS, MAX_RESIZED_PIXELS
-from mmadapter.runtime.manifest import read_manifest, verified_file
+from mmadapter.runtime.manifest import Manifest, read_manifest, verified_file
 
 ORT_WEB_VERSION = "1.30.0"
 # The registry's ``dist.integrity`` of onnxruntime-web-1.30.0.tgz.
@@ -168,43 +168,42 @@ def ort_web_files(ort_web: str | Path | None = None, cache: str | Path | None = 
 
 # The export's graphs -----------------------------------------------------------------------------------------
 
-def choose_graph(folder: Path, manifest: dict[str, Any], graph: str) -> dict[str, Any]:
+def choose_graph(folder: Path, manifest: Manifest, graph: str) -> dict[str, Any]:
     """The smallest ONNX file of ``graph`` that the export validated (every file it lists passed), with
     its precision and size."""
-    entry = manifest["graphs"].get(graph)
+    entry = manifest.graphs.get(graph)
     if entry is None:
         raise ExportError(f"{folder} has no {graph} graph; export the checkpoint again with this version of mmadapter")
     candidates = []
     for precision in PRECISIONS:
         for kind in KINDS:
-            name = entry["files"].get(precision, {}).get(kind)
-            if isinstance(name, str) and name in manifest["files"]:
-                candidates.append((int(manifest["files"][name]["bytes"]) if "bytes" in manifest["files"][name]
-                                   else (folder / name).stat().st_size, precision, kind, name))
+            name = entry.files[precision].get(kind) if precision in entry.files else None
+            if name is not None and name in manifest.files:
+                candidates.append((manifest.files[name].bytes, precision, kind, name))
     if not candidates:
         raise ExportError(f"{folder}: no ONNX file of {graph} is listed in its manifest")
     size, precision, kind, name = min(candidates)
     return {"file": name, "precision": precision, "kind": kind, "bytes": size}
 
 
-def _check_validated(folder: Path, manifest: dict[str, Any]) -> None:
-    validation = manifest.get("validation")
-    if not isinstance(validation, dict) or not validation.get("run") or not validation.get("passed"):
+def _check_validated(folder: Path, manifest: Manifest) -> None:
+    if not manifest.validation.run or not manifest.validation.passed:
         raise ExportError(f"{folder} was exported without validation; the web page serves validated graphs only "
                           "(export again without --no-validate)")
 
 
-def page_config(manifest: dict[str, Any], graphs: dict[str, dict[str, Any]], hashes: dict[str, str]) -> dict[str, Any]:
+def page_config(manifest: Manifest, graphs: dict[str, dict[str, Any]], hashes: dict[str, str]) -> dict[str, Any]:
     """What the page reads from ``model.json``."""
-    tokenizer = manifest.get("tokenizer", {})
+    tokenizer = manifest.tokenizer.to_dict()
     return {
         "format": WEB_FORMAT,
         "format_version": 1,
-        "model": manifest["clip"].get("model_name") if isinstance(manifest.get("clip"), dict) else None,
-        "export_manifest_sha256": manifest["manifest_sha256"],
-        "label_set": manifest["label_set"],
-        "preprocessing": manifest["preprocessing"],
-        "graphs": {g: {**v, "sha256": hashes[v["file"]], "io": manifest["graphs"][g]["io"]} for g, v in graphs.items()},
+        "model": manifest.model_name,
+        "export_manifest_sha256": manifest.manifest_sha256,
+        "label_set": manifest.label_set.to_dict(),
+        "preprocessing": manifest.preprocessing.to_dict(),
+        "graphs": {g: {**v, "sha256": hashes[v["file"]], "io": manifest.graphs[g].io.to_dict()}
+                   for g, v in graphs.items()},
         "tokenizer": ({**tokenizer, "sha256": hashes[tokenizer["file"]]} if "file" in tokenizer and
                       tokenizer["file"] in hashes else None),
         "limits": {"max_pixels": MAX_PIXELS, "max_aspect_ratio": MAX_ASPECT_RATIO,
@@ -252,11 +251,11 @@ def write_web(export_dir: str | Path, out_dir: str | Path, ort_web: str | Path |
     dest = _destination(out, export_dir)
     manifest = read_manifest(export_dir)
     _check_validated(export_dir, manifest)
-    graphs = {g: choose_graph(export_dir, manifest, g) for g in GRAPH_NAMES if g in manifest["graphs"]}
+    graphs = {g: choose_graph(export_dir, manifest, g) for g in GRAPH_NAMES if g in manifest.graphs}
     if IMAGE_CLASSIFIER not in graphs:
         raise ExportError(f"{export_dir} has no {IMAGE_CLASSIFIER} graph")
-    tokenizer_file = manifest.get("tokenizer", {}).get("file")
-    if not isinstance(tokenizer_file, str) or any(g not in graphs for g in GRAPH_NAMES):
+    tokenizer_file = manifest.tokenizer.file
+    if any(g not in graphs for g in GRAPH_NAMES):
         graphs = {IMAGE_CLASSIFIER: graphs[IMAGE_CLASSIFIER]}  # the folded label set only
         tokenizer_file = None
     sources = {v["file"]: verified_file(export_dir, manifest, v["file"]) for v in graphs.values()}
@@ -276,7 +275,7 @@ def write_web(export_dir: str | Path, out_dir: str | Path, ort_web: str | Path |
             hashes = {}
             for name, path in sources.items():
                 shutil.copyfile(path, tmp / "models" / name)
-                hashes[name] = manifest["files"][name]["sha256"]
+                hashes[name] = manifest.files[name].sha256
             for name, path in ort_files.items():
                 shutil.copyfile(path, tmp / "ort" / name)
             config = page_config(manifest, graphs, hashes)

@@ -18,6 +18,7 @@ from mmadapter.model.adapter import MultiModalAdapter
 from mmadapter.model.backbone import FrozenClip, load_clip
 from mmadapter.model.checkpoint import CheckpointMeta, LabelSet, save_checkpoint
 from mmadapter.model.config import AdapterConfig
+from mmadapter.runtime.manifest import Manifest, read_manifest
 
 from helpers import tiny_clip_spec
 
@@ -35,7 +36,11 @@ class ExportBundle:
     result: Any  # ExportResult
     seconds: float
 
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self) -> Manifest:
+        return read_manifest(self.out_dir)
+
+    def manifest_json(self) -> dict[str, Any]:
+        """The file as written, for tests of the on-disk JSON itself."""
         return json.loads((self.out_dir / "manifest.json").read_text())
 
 

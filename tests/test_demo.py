@@ -12,6 +12,7 @@ from mmadapter import cli
 from mmadapter.cli.demo import RANDOM_WEIGHTS_NOTICE
 from mmadapter.model.backbone import sha256_file
 from mmadapter.model.checkpoint import load_checkpoint
+from mmadapter.runtime.manifest import read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,8 @@ def test_demo_end_to_end(demo: tuple[Path, str]) -> None:
     assert not [p for p in out.rglob("*") if "partial" in p.name]
 
     # The main job: the checkpoint exported, validated against torch, and served by ONNX Runtime.
-    manifest = json.loads((out / "onnx" / "manifest.json").read_text())
-    assert manifest["validation"]["run"] and manifest["validation"]["passed"]
+    manifest = read_manifest(out / "onnx")
+    assert manifest.validation.run and manifest.validation.passed
     assert "ONNX Runtime and torch agree on top-1 for 10/10 images" in stdout
 
 

@@ -16,8 +16,9 @@ from mmadapter.export import cli, onnx_io, validate
 from mmadapter.export.specs import TensorSpec
 from mmadapter.export.validate import Case, validate_graph
 from mmadapter.runtime.graphs import Tolerance
+from mmadapter.runtime.manifest import GraphFiles
 from mmadapter.runtime.model import PROVIDER_ORDER, ExportedModel, classify_images
-from mmadapter.runtime.preprocess import Preprocessing, preprocess_batch
+from mmadapter.runtime.preprocess import preprocess_batch
 
 from export_fixtures import ExportBundle
 from tolerances import (
@@ -34,24 +35,24 @@ QUANTIZED_OPS = {"DynamicQuantizeMatMul", "MatMulInteger", "DynamicQuantizeLinea
 
 
 def _pixels(bundle: ExportBundle, count: int = 12) -> np.ndarray:
-    spec = Preprocessing.from_dict(bundle.manifest()["preprocessing"])
+    spec = bundle.manifest().preprocessing
     return preprocess_batch(validate.sample_images(count, seed=33), spec)
 
 
 def test_only_the_image_tower_is_quantized(exported: ExportBundle) -> None:
     m = exported.manifest()
-    entry = m["graphs"]["image_classifier"]
-    assert entry["files"]["int8"] == {"ort": INT8_FILE}  # no portable int8 file: not for TensorRT
-    assert INT8_FILE in m["files"]
+    entry = m.graphs["image_classifier"]
+    assert entry.files["int8"] == GraphFiles(ort=INT8_FILE)  # no portable int8 file: not for TensorRT
+    assert INT8_FILE in m.files
     for graph in ("text_encoder", "class_bank", "adapter_head"):
-        assert "int8" not in m["graphs"][graph]["files"], graph
+        assert "int8" not in m.graphs[graph].files, graph
     model = onnx.load(str(exported.out_dir / INT8_FILE))
     ops = [n.op_type for n in model.graph.node]
     quantized = sum(op in ("DynamicQuantizeMatMul", "MatMulInteger") for op in ops)
     # Three weight MatMuls per residual block (attention in-projection, both MLP layers; the
     # attention out-projection is a Gemm and stays fp32): the tiny CLIP has 2 vision blocks.
     blocks = exported.clip.model.visual.transformer.layers
-    assert quantized == entry["int8_matmuls"] == 3 * blocks
+    assert quantized == entry.int8_matmuls == 3 * blocks
     int8_weights = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8}
     assert len(int8_weights) >= quantized
     # The adapter and the folded class bank keep fp32 weights (they feed the logits directly).
@@ -65,10 +66,11 @@ def test_only_the_image_tower_is_quantized(exported: ExportBundle) -> None:
 
 
 def test_int8_validation_report(exported: ExportBundle) -> None:
-    reports = [r for r in exported.manifest()["validation"]["reports"] if r["precision"] == "int8"]
-    assert [r["file"] for r in reports] == [INT8_FILE]
-    r = reports[0]
-    assert r["passed"] and r["batch_sizes"] == [1, 3, 17]
+    reports = [r for r in exported.manifest().validation.reports if r.precision == "int8"]
+    assert [r.file for r in reports] == [INT8_FILE]
+    assert reports[0].passed
+    r = reports[0].measures  # the validator's numbers, kept as it wrote them
+    assert r["batch_sizes"] == [1, 3, 17]
     assert r["thresholds"] == {"cosine": EXPORT_COSINE_MIN["int8"], "top1": EXPORT_TOP1_MIN,
                                "tie_margin": EXPORT_TIE_MARGIN["int8"]}
     assert r["min_cosine"]["image_embedding"] >= EXPORT_COSINE_MIN["int8"]

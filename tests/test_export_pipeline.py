@@ -24,6 +24,7 @@ from mmadapter.errors import ExportError
 from mmadapter.export import cli, onnx_io
 from mmadapter.export.validate import sample_images
 from mmadapter.runtime.graphs import TOLERANCES
+from mmadapter.runtime.manifest import TensorSpec
 
 from export_fixtures import CLASS_NAMES, ExportBundle, copying_exporter
 from tolerances import EXPORT_COSINE_MIN as COSINE_MIN
@@ -80,60 +81,63 @@ def test_export_writes_every_graph_and_manifest(exported: ExportBundle) -> None:
 
 
 def test_manifest_hashes_io_versions_and_label_set(exported: ExportBundle) -> None:
-    m = exported.manifest()
-    assert m["format"] == "mmadapter-onnx-export" and m["format_version"] == 2
+    raw = exported.manifest_json()
+    assert raw["format"] == "mmadapter-onnx-export" and raw["format_version"] == 2
     # The manifest's own hash: sha256 of its canonical JSON without the field, computed here independently.
-    body = json.dumps({k: v for k, v in m.items() if k != "manifest_sha256"}, sort_keys=True, separators=(",", ":"))
-    assert m["manifest_sha256"] == hashlib.sha256(body.encode()).hexdigest()
-    for name, entry in m["files"].items():  # sha256 recomputed here, independently of the package
+    body = json.dumps({k: v for k, v in raw.items() if k != "manifest_sha256"}, sort_keys=True, separators=(",", ":"))
+    assert raw["manifest_sha256"] == hashlib.sha256(body.encode()).hexdigest()
+    m = exported.manifest()
+    assert m.to_dict() == raw and m.manifest_sha256 == raw["manifest_sha256"]
+    for name, entry in m.files.items():  # sha256 recomputed here, independently of the package
         data = (exported.out_dir / name).read_bytes()
-        assert entry["sha256"] == hashlib.sha256(data).hexdigest(), name
-        assert entry["bytes"] == len(data), name
-    assert m["checkpoint"]["sha256"] == hashlib.sha256(exported.checkpoint.read_bytes()).hexdigest()
-    assert m["checkpoint"]["file"] == exported.checkpoint.name
-    assert m["label_set"]["class_names"] == list(CLASS_NAMES)
-    assert m["label_set"]["templates"] == list(exported.meta.label_set.templates)
-    assert m["logit_scale"] == pytest.approx(exported.meta.logit_scale)
-    assert m["clip"]["weights_sha256"] == exported.meta.clip.weights_sha256
-    assert m["opset"] == onnx_io.DEFAULT_OPSET
-    versions = m["versions"]
+        assert entry.sha256 == hashlib.sha256(data).hexdigest(), name
+        assert entry.bytes == len(data), name
+    assert m.checkpoint.sha256 == hashlib.sha256(exported.checkpoint.read_bytes()).hexdigest()
+    assert m.checkpoint.file == exported.checkpoint.name
+    assert m.label_set.class_names == CLASS_NAMES
+    assert m.label_set.templates == tuple(exported.meta.label_set.templates)
+    assert m.logit_scale == pytest.approx(exported.meta.logit_scale)
+    assert m.clip["weights_sha256"] == exported.meta.clip.weights_sha256
+    assert m.opset == onnx_io.DEFAULT_OPSET
+    versions = m.versions
     assert versions["torch"] == torch.__version__.split("+")[0] or versions["torch"] == torch.__version__
     assert versions["onnx"] == onnx.__version__ and versions["onnxruntime"] == ort.__version__
     assert versions["tensorrt"] == "absent" and versions["mmadapter"]
-    pre = m["preprocessing"]
-    assert pre["image_size"] == list(exported.clip.image_size)
-    assert pre["mean"] == pytest.approx(exported.clip.image_mean)
-    assert pre["std"] == pytest.approx(exported.clip.image_std)
-    assert pre["interpolation"] == "bicubic" and pre["resize_mode"] == "shortest"
-    assert m["tokenizer"]["context_length"] == 77
-    assert set(m["graphs"]) == set(GRAPHS)
-    for entry in m["graphs"].values():
+    pre = m.preprocessing
+    assert pre.image_size == tuple(exported.clip.image_size)
+    assert pre.mean == pytest.approx(exported.clip.image_mean)
+    assert pre.std == pytest.approx(exported.clip.image_std)
+    assert pre.interpolation == "bicubic" and pre.resize_mode == "shortest"
+    assert m.tokenizer.context_length == 77
+    assert set(m.graphs) == set(GRAPHS)
+    for entry in m.graphs.values():
         for precision in ("fp32", "fp16"):
             for kind in ("portable", "ort"):
-                name = entry["files"][precision][kind]
-                assert name in m["files"]
+                name = entry.files[precision].get(kind)
+                assert name in m.files
                 path = exported.out_dir / name
-                assert opset_of(path) == m["opset"], name
+                assert opset_of(path) == m.opset, name
                 # The recorded interface is the file's (fp16 graphs keep fp32 inputs and outputs).
-                assert describe_io(path) == entry["io"], name
-    io = m["graphs"]["image_classifier"]["io"]
-    assert io["inputs"] == [{"name": "pixels", "dtype": "float32", "shape": ["batch", 3, 64, 64]}]
-    assert io["outputs"][0] == {"name": "logits", "dtype": "float32", "shape": ["batch", N]}
+                assert describe_io(path) == entry.io.to_dict(), name
+    io = m.graphs["image_classifier"].io
+    assert io.inputs == (TensorSpec("pixels", "float32", ("batch", 3, 64, 64)),)
+    assert io.outputs[0] == TensorSpec("logits", "float32", ("batch", N))
 
 
 def test_manifest_validation_results(exported: ExportBundle) -> None:
-    v = exported.manifest()["validation"]
-    assert v["run"] is True and v["passed"] is True
-    files = {r["file"] for r in v["reports"]}
+    v = exported.manifest().validation
+    assert v.run is True and v.passed is True
+    files = {r.file for r in v.reports}
     assert files == ALL_FILES  # every file was validated
-    for r in v["reports"]:
-        assert r["passed"] and not r["failures"], r
-        assert r["batch_sizes"] == list(BATCHES), r["file"]
-        assert r["thresholds"]["cosine"] == COSINE_MIN[r["precision"]]
-        assert min(r["min_cosine"].values()) >= COSINE_MIN[r["precision"]], r
+    for report in v.reports:
+        assert report.passed and not report.failures, report
+        r = report.measures
+        assert r["batch_sizes"] == list(BATCHES), report.file
+        assert r["thresholds"]["cosine"] == COSINE_MIN[report.precision]
+        assert min(r["min_cosine"].values()) >= COSINE_MIN[report.precision], r
         if "logits" in r["max_abs_diff"]:
             assert r["top1_agreement"] == 1.0, r
-    assert v["reports"] == exported.result.validation
+    assert [r.to_dict() for r in v.reports] == exported.result.validation
 
 
 def test_portable_graphs_use_standard_ops_and_dtypes(exported: ExportBundle) -> None:

@@ -69,7 +69,7 @@ def test_numpy_preprocessing_matches_open_clip(exported: ExportBundle, size: tup
     rng = np.random.default_rng(size[0] * 1000 + size[1])
     arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     img = Image.fromarray(arr).convert(mode)
-    spec = Preprocessing.from_dict(exported.manifest()["preprocessing"])
+    spec = exported.manifest().preprocessing
     ours = preprocess_image(img, spec)
     ref = exported.clip.preprocess(img).numpy()
     assert ours.shape == ref.shape == (3, *exported.clip.image_size) and ours.dtype == np.float32
@@ -77,7 +77,7 @@ def test_numpy_preprocessing_matches_open_clip(exported: ExportBundle, size: tup
 
 
 def test_preprocessing_spec_round_trip_and_errors(exported: ExportBundle) -> None:
-    spec = Preprocessing.from_dict(exported.manifest()["preprocessing"])
+    spec = exported.manifest().preprocessing
     assert Preprocessing.from_dict(spec.to_dict()) == spec
     assert preprocess_batch([], spec).shape == (0, 3, 64, 64)
     img = Image.new("RGB", (10, 10))
@@ -139,8 +139,8 @@ def test_session_batches_only_the_batch_inputs(exported: ExportBundle) -> None:
              "text_emb": rng.standard_normal((n, c)).astype(np.float32),
              "keys": rng.standard_normal((n, d)).astype(np.float32),
              "values": rng.standard_normal((n, d)).astype(np.float32)}
-    batch_inputs = exported.manifest()["graphs"]["adapter_head"]["batch_inputs"]
-    assert batch_inputs == ["image_emb"]
+    batch_inputs = exported.manifest().graphs["adapter_head"].batch_inputs
+    assert batch_inputs == ("image_emb",)
     sess = Session(exported.out_dir / "adapter_head.ort.onnx", ["cpu"], batch_axis_inputs=batch_inputs)
     whole = sess.run(feeds, batch_size=64)
     chunked = sess.run(feeds, batch_size=2)
@@ -154,7 +154,7 @@ def test_session_batches_only_the_batch_inputs(exported: ExportBundle) -> None:
 
 
 def test_fp16_serving_agrees_with_fp32(exported: ExportBundle, png_folder: list[Path]) -> None:
-    spec = Preprocessing.from_dict(exported.manifest()["preprocessing"])
+    spec = exported.manifest().preprocessing
     pixels = preprocess_batch([open_image(p) for p in png_folder], spec)
     out32 = ExportedModel(exported.out_dir, ["cpu"]).classify_pixels(pixels)
     out16 = ExportedModel(exported.out_dir, ["cpu"], precision="fp16").classify_pixels(pixels)

@@ -104,8 +104,8 @@ def test_reexport_over_a_previous_export(fast: ExportBundle, tmp_path: Path) -> 
     result = _export(fast, out, overwrite=True, serving_repo=repo)
     assert result.out_dir == out.resolve() and result.serving_repo == repo.resolve()
     manifest = read_manifest(out)  # schema and hash hold
-    assert manifest["validation"]["run"] is False and manifest["created"] >= old_created
-    assert {p.name for p in out.iterdir()} == set(manifest["files"]) | {"manifest.json"}
+    assert manifest.validation.run is False and manifest.created >= old_created
+    assert {p.name for p in out.iterdir()} == set(manifest.files) | {"manifest.json"}
     assert not (out / "image_classifier.fp16.onnx").exists()
     assert (repo / "image_classifier" / "1" / "model.onnx").read_bytes() == (out / "image_classifier.onnx").read_bytes()
     assert not _strays(tmp_path)
@@ -197,7 +197,7 @@ def test_symlinked_out_is_followed_and_dangling_link_refused(fast: ExportBundle,
     result = _export(fast, link, overwrite=True)
     assert link.is_symlink() and link.resolve() == target.resolve()
     assert result.out_dir == target.resolve()
-    assert read_manifest(target)["validation"]["run"] is False  # the target was replaced by the new export
+    assert read_manifest(target).validation.run is False  # the target was replaced by the new export
     assert not (target / "image_classifier.fp16.onnx").exists()
     dangling = tmp_path / "dangling"
     dangling.symlink_to(tmp_path / "nowhere")

@@ -4,6 +4,7 @@ against the ONNX graph it serves."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ import onnx
 import pytest
 
 from mmadapter.export.inference_server import MARKER, config_pbtxt, write_model_repository, written_files
+from mmadapter.runtime.manifest import Engine, GraphIO, TensorRT, TensorSpec
 
 from export_fixtures import ExportBundle
 
@@ -123,7 +125,7 @@ def test_repository_layout(exported: ExportBundle) -> None:
         files = sorted(str(p.relative_to(repo / graph)) for p in (repo / graph).rglob("*") if p.is_file())
         assert files == ["1/model.onnx", "config.pbtxt"], graph
         # The export ran with --fp16: the repository serves the portable fp16 graph (fp32 I/O).
-        served = manifest["graphs"][graph]["files"]["fp16"]["portable"]
+        served = manifest.graphs[graph].files["fp16"].portable
         assert (repo / graph / "1" / "model.onnx").read_bytes() == (exported.out_dir / served).read_bytes()
     assert not [p for p in repo.parent.iterdir() if ".partial" in p.name]
 
@@ -133,7 +135,7 @@ def test_config_matches_onnx_graph(exported: ExportBundle, graph: str) -> None:
     folder = exported.serving_repo / graph
     cfg = parse_pbtxt((folder / "config.pbtxt").read_text())
     model = onnx.load(str(folder / "1" / "model.onnx"))
-    batchable = exported.manifest()["graphs"][graph]["batchable"]
+    batchable = exported.manifest().graphs[graph].batchable
     assert cfg["name"] == [graph]
     assert cfg["platform"] == ["onnxruntime_onnx"]
     assert cfg["max_batch_size"] == [64 if batchable else 0]
@@ -160,8 +162,8 @@ def test_tensorrt_models_in_repository(exported: ExportBundle, tmp_path: Path) -
     export_dir = tmp_path / "export"
     shutil.copytree(exported.out_dir, export_dir)
     (export_dir / "image_classifier.fake.plan").write_bytes(b"engine bytes")
-    manifest = exported.manifest()
-    manifest["tensorrt"] = {"engines": {"image_classifier": {"file": "image_classifier.fake.plan"}}}
+    manifest = dataclasses.replace(exported.manifest(),
+                                   tensorrt=TensorRT({"image_classifier": Engine("image_classifier.fake.plan")}))
     repo = tmp_path / "repo"
     written = write_model_repository(export_dir, repo, manifest, max_batch_size=16, precision="fp32")
     assert len(written) == len(GRAPHS) + 1
@@ -175,8 +177,7 @@ def test_tensorrt_models_in_repository(exported: ExportBundle, tmp_path: Path) -
 
 
 def test_config_pbtxt_unit() -> None:
-    io = {"inputs": [{"name": "x", "dtype": "float16", "shape": ["batch", "num_classes", 4]}],
-          "outputs": [{"name": "y", "dtype": "int32", "shape": ["batch"]}]}
+    io = GraphIO((TensorSpec("x", "float16", ("batch", "num_classes", 4)),), (TensorSpec("y", "int32", ("batch",)),))
     cfg = parse_pbtxt(config_pbtxt("m", "onnxruntime_onnx", io, batchable=True, max_batch_size=8))
     assert cfg["input"] == [{"name": ["x"], "data_type": ["TYPE_FP16"], "dims": [-1, 4]}]
     assert cfg["output"] == [{"name": ["y"], "data_type": ["TYPE_INT32"], "dims": []}]

@@ -20,7 +20,7 @@ from mmadapter.export.tensorrt import BatchProfile, engine_filename, make_sideca
 from mmadapter.runtime.engines import open_session
 from mmadapter.runtime.engines import tensorrt as trt_engine
 from mmadapter.runtime.engines.tensorrt import GpuInfo, check_sidecar, sidecar_path, tensorrt_unavailable_reason
-from mmadapter.runtime.manifest import sha256_file
+from mmadapter.runtime.manifest import TensorSpec, read_manifest, sha256_file
 
 from export_fixtures import ExportBundle, copying_exporter
 from tolerances import EXPORT_COSINE_MIN
@@ -94,8 +94,8 @@ def test_batch_profile_and_profile_shapes() -> None:
     for bad in ((0, 1, 1), (2, 1, 4), (1, 8, 4)):
         with pytest.raises(ExportError, match="min <= opt <= max"):
             BatchProfile(*bad)
-    inputs = [{"name": "image_emb", "shape": ["batch", 512]}, {"name": "keys", "shape": ["num_classes", 128]},
-              {"name": "pixels", "shape": ["batch", 3, 224, 224]}]
+    inputs = [TensorSpec("image_emb", "float32", ("batch", 512)), TensorSpec("keys", "float32", ("num_classes", 128)),
+              TensorSpec("pixels", "float32", ("batch", 3, 224, 224))]
     shapes = list(trt_mod._profile_shapes(inputs, BatchProfile(2, 8, 32), (1, 100, 4096)))
     assert shapes == [("image_emb", (2, 512), (8, 512), (32, 512)),
                       ("keys", (1, 128), (100, 128), (4096, 128)),
@@ -147,9 +147,9 @@ def test_tensorrt_flag_without_tensorrt_writes_onnx_and_fails(exported: ExportBu
     assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
     assert lines[0].startswith("error: --tensorrt: ") and ("TensorRT" in lines[0] or "GPU" in lines[0])
     assert str(out) in lines[0]
-    manifest = json.loads((out / "manifest.json").read_text())  # the ONNX files were written, validated
-    assert manifest["validation"]["passed"] and "tensorrt" not in manifest
-    assert {f"{g}.onnx" for g in manifest["graphs"]} <= set(manifest["files"])
+    manifest = read_manifest(out)  # the ONNX files were written, validated
+    assert manifest.validation.passed and manifest.tensorrt is None
+    assert {f"{g}.onnx" for g in manifest.graphs} <= set(manifest.files)
     assert not list(out.glob("*.plan"))
 
 
@@ -170,7 +170,7 @@ def test_engines_match_onnx_runtime(exported: ExportBundle, tmp_path: Path) -> N
     rng = np.random.default_rng(0)
     for graph in ("image_classifier", "adapter_head"):
         onnx_path = exported.out_dir / f"{graph}.onnx"
-        inputs = manifest["graphs"][graph]["io"]["inputs"]
+        inputs = manifest.graphs[graph].io.inputs
         plan = tmp_path / engine_filename(graph, sha256_file(onnx_path), trt.__version__, gpu.name, profile)
         trt_mod.build_engine(onnx_path, plan, inputs, profile, (1, 7, 64), "fp32", tmp_path / "timing.cache")
         assert plan.is_file() and sidecar_path(plan).is_file() and (tmp_path / "timing.cache").is_file()
@@ -179,9 +179,9 @@ def test_engines_match_onnx_runtime(exported: ExportBundle, tmp_path: Path) -> N
         assert plan.stat().st_mtime_ns == mtime  # cached
         feeds = {}
         for t in inputs:
-            shape = [3 if d == "batch" else 5 if d == "num_classes" else d for d in t["shape"]]
-            feeds[t["name"]] = rng.standard_normal(shape).astype(np.float32)
-        ref = dict(zip([o["name"] for o in manifest["graphs"][graph]["io"]["outputs"]],
+            shape = [3 if d == "batch" else 5 if d == "num_classes" else d for d in t.shape]
+            feeds[t.name] = rng.standard_normal(shape).astype(np.float32)
+        ref = dict(zip([o.name for o in manifest.graphs[graph].io.outputs],
                        open_session(onnx_path, providers=["cpu"]).run(None, feeds)))
         engine = open_session(plan, engine="tensorrt")  # the contract's TensorRT side, as served
         assert "engine precision fp32" in engine.describe()

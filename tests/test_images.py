@@ -80,7 +80,7 @@ def mode_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _spec(exported: ExportBundle) -> Preprocessing:
-    return Preprocessing.from_dict(exported.manifest()["preprocessing"])
+    return exported.manifest().preprocessing
 
 
 def test_loader_mode_policy(mode_files: dict[str, Path]) -> None:

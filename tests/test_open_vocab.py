@@ -61,25 +61,26 @@ def _torch_logits(bundle: ExportBundle, pixels: np.ndarray, names, templates=Non
 
 def test_tokenizer_file_is_written_and_hashed(exported: ExportBundle) -> None:
     m = exported.manifest()
-    tok = m["tokenizer"]
-    assert tok["file"] == "tokenizer.json" and tok["kind"] == "clip-bpe"
+    tok = m.tokenizer
+    assert tok.file == "tokenizer.json" and tok.kind == "clip-bpe"
     data = (exported.out_dir / "tokenizer.json").read_bytes()
-    assert m["files"]["tokenizer.json"]["sha256"] == hashlib.sha256(data).hexdigest()
-    assert (tok["sot_token_id"], tok["eot_token_id"]) == (exported.clip.tokenizer.sot_token_id,
-                                                          exported.clip.tokenizer.eot_token_id)
-    outputs = [t["name"] for t in m["graphs"]["image_classifier"]["io"]["outputs"]]
+    assert m.files["tokenizer.json"].sha256 == hashlib.sha256(data).hexdigest()
+    assert (tok.sot_token_id, tok.eot_token_id) == (exported.clip.tokenizer.sot_token_id,
+                                                    exported.clip.tokenizer.eot_token_id)
+    outputs = [t.name for t in m.graphs["image_classifier"].io.outputs]
     assert outputs == ["logits", "image_embedding", CLIP_IMAGE_EMBEDDING]
 
 
 def test_export_validated_the_open_vocabulary_path(exported: ExportBundle) -> None:
-    reports = exported.manifest()["validation"]["open_vocabulary"]
-    assert [r["precision"] for r in reports] == ["fp32", "fp16", "int8"]
-    for r in reports:
-        assert r["passed"] and not r["failures"], r
+    reports = exported.manifest().validation.open_vocabulary
+    assert [r.precision for r in reports] == ["fp32", "fp16", "int8"]
+    for report in reports:
+        assert report.passed and not report.failures, report
+        r = report.measures
         assert r["batch_sizes"] == [1, 3, 17]
-        assert r["top1_agreement"] == 1.0 or r["precision"] == "int8" and r["top1_agreement"] >= EXPORT_TOP1_MIN
-        assert min(r["min_cosine"].values()) >= COSINE_MIN[r["precision"]], r
-    assert reports[0]["max_abs_diff"]["logits"] <= LOGITS_ATOL_FP32 * 100
+        assert r["top1_agreement"] == 1.0 or report.precision == "int8" and r["top1_agreement"] >= EXPORT_TOP1_MIN
+        assert min(r["min_cosine"].values()) >= COSINE_MIN[report.precision], r
+    assert reports[0].measures["max_abs_diff"]["logits"] <= LOGITS_ATOL_FP32 * 100
 
 
 def test_clip_image_embedding_matches_open_clip(exported: ExportBundle, pixels: np.ndarray) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,13 @@ from mmadapter import cli  # noqa: E402
 from mmadapter.data.digits import DIGIT_NAMES, DIGITS_TEMPLATE, write_digits_folder  # noqa: E402
 from mmadapter.export import onnx_io  # noqa: E402
 from mmadapter.model.checkpoint import CheckpointMeta, LabelSet, save_checkpoint  # noqa: E402
-from mmadapter.runtime.manifest import check_manifest  # noqa: E402
+from mmadapter.runtime.manifest import (  # noqa: E402
+    GraphFiles,
+    Manifest,
+    check_manifest,
+    read_manifest,
+    write_manifest,
+)
 from mmadapter.runtime.model import ExportedModel  # noqa: E402
 
 from export_fixtures import make_checkpoint  # noqa: E402
@@ -46,21 +53,26 @@ def ov_export(tmp_path_factory: pytest.TempPathFactory):
     return root, ckpt, digits, result
 
 
-def _manifest(root: Path) -> dict:
+def _manifest(root: Path) -> Manifest:
+    return read_manifest(root / "onnx")
+
+
+def _manifest_json(root: Path) -> dict:
     return json.loads((root / "onnx" / "manifest.json").read_text())
 
 
 def test_files_and_manifest(ov_export) -> None:
     root, _, digits, _ = ov_export
     m = _manifest(root)
-    for graph, entry in m["graphs"].items():
-        xml = entry["files"]["fp32"]["openvino"]
-        assert xml == f"{graph}.openvino.xml" and xml in m["files"] and f"{graph}.openvino.bin" in m["files"]
-    files = m["graphs"]["image_classifier"]["files"]["int8"]
-    assert files == {"ort": "image_classifier.int8.ort.onnx", "portable": "image_classifier.int8.onnx",
-                     "openvino": "image_classifier.int8.openvino.xml"}
-    cal = m["calibration"]
+    for graph, entry in m.graphs.items():
+        xml = entry.files["fp32"].openvino
+        assert xml == f"{graph}.openvino.xml" and xml in m.files and f"{graph}.openvino.bin" in m.files
+    files = m.graphs["image_classifier"].files["int8"]
+    assert files == GraphFiles(ort="image_classifier.int8.ort.onnx", portable="image_classifier.int8.onnx",
+                               openvino="image_classifier.int8.openvino.xml")
+    cal = m.calibration
     assert cal["source"] == str(digits) and cal["calibration_images"] == 64 and cal["holdout_images"] == 30
+    m = _manifest_json(root)
     assert check_manifest(m) == []
     # The schema refuses an IR whose weights file is not listed.
     broken = json.loads(json.dumps(m))
@@ -80,28 +92,29 @@ def test_qdq_graph_is_standard_and_quantizes_the_tower(ov_export) -> None:
     model = onnx.load(str(path))
     quantized_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     # 4 weight ops per tiny-CLIP block (in-projection, out-projection Gemm, both MLP layers), 2 blocks.
-    assert m["graphs"]["image_classifier"]["int8_static_ops"] == 8 <= len(quantized_weights)
+    assert m.graphs["image_classifier"].int8_static_ops == 8 <= len(quantized_weights)
     assert not [t.name for t in quantized_weights if t.name.startswith("adapter.")]
 
 
 def test_validation_reports(ov_export) -> None:
     root, *_ = ov_export
-    reports = {r["file"]: r for r in _manifest(root)["validation"]["reports"]}
+    reports = {r.file: r for r in _manifest(root).validation.reports}
     for name in ("image_classifier.int8.onnx", "image_classifier.int8.openvino.xml"):
-        r = reports[name]
-        assert r["passed"] and r["calibrated"] and r["batch_sizes"] == [1, 3, 17, 30]
+        assert reports[name].passed
+        r = reports[name].measures
+        assert r["calibrated"] and r["batch_sizes"] == [1, 3, 17, 30]
         assert r["min_cosine"]["image_embedding"] >= COSINE_INT8  # on the 30 held-out digits
         assert r["top1_agreement"] >= EXPORT_TOP1_MIN
     for graph in ("image_classifier", "text_encoder", "class_bank", "adapter_head"):
-        assert reports[f"{graph}.openvino.xml"]["passed"]
+        assert reports[f"{graph}.openvino.xml"].passed
 
 
 def _pixels(root: Path, digits: Path) -> np.ndarray:
     from mmadapter.runtime.images import read_images
-    from mmadapter.runtime.preprocess import Preprocessing, preprocess_batch
+    from mmadapter.runtime.preprocess import preprocess_batch
 
     paths = sorted(digits.rglob("*.png"))[::7]
-    spec = Preprocessing.from_dict(_manifest(root)["preprocessing"])
+    spec = _manifest(root).preprocessing
     return preprocess_batch(read_images(paths, max(spec.image_size)), spec)
 
 
@@ -171,11 +184,8 @@ def test_errors_are_one_line(ov_export, tmp_path: Path, capsys: pytest.CaptureFi
     # An export without IR files named as such.
     plain = tmp_path / "plain"
     shutil.copytree(root / "onnx", plain)
-    m = json.loads((plain / "manifest.json").read_text())
-    from mmadapter.runtime.manifest import seal, write_manifest
-
-    for entry in m["graphs"].values():
-        for kinds in entry["files"].values():
-            kinds.pop("openvino", None)
-    write_manifest(plain, seal(m))
+    m = read_manifest(plain)
+    graphs = {name: replace(entry, files={p: replace(f, openvino=None) for p, f in entry.files.items()})
+              for name, entry in m.graphs.items()}
+    write_manifest(plain, replace(m, graphs=graphs))
     fails(["predict", "--onnx", str(plain), "--engine", "openvino", str(digits / "one")], "--openvino")

@@ -13,6 +13,7 @@ import pytest
 
 from mmadapter.errors import ExportError
 from mmadapter.export.tokenizer import write_tokenizer
+from mmadapter.runtime.manifest import Tokenizer
 from mmadapter.runtime.tokenizer import EOT_TOKEN_ID, SOT_TOKEN_ID, TOKENIZER_FILE, ClipTokenizer
 
 CORPUS_SIZE = 1500
@@ -131,7 +132,10 @@ def test_unreadable_tokenizer_is_one_export_error(tmp_path: Path) -> None:
         ClipTokenizer(bad)
     assert "\n" not in str(info.value)
     with pytest.raises(ExportError, match="no torch-free tokenizer"):
-        ClipTokenizer.from_manifest(tmp_path, {"context_length": 77})
+        ClipTokenizer.from_manifest(tmp_path, Tokenizer("tokenizer.json", "other", 77, 1, 2))
+    with pytest.raises(ExportError, match=r"tokenizer.file: missing; tokenizer.kind: missing") as info:
+        Tokenizer.from_dict({"context_length": 77})
+    assert "\n" not in str(info.value)
 
 
 def test_unsupported_open_clip_tokenizer_is_refused(reference: object) -> None:

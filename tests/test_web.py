@@ -17,6 +17,7 @@ from mmadapter.errors import ExportError
 from mmadapter.export import web
 from mmadapter.files import sha256_file
 from mmadapter.runtime.graphs import GRAPH_NAMES
+from mmadapter.runtime.manifest import read_manifest
 
 from export_fixtures import make_checkpoint
 
@@ -50,16 +51,17 @@ def test_web_folder_holds_page_model_and_runtime(web_export: Path, fake_ort: Pat
     for name in ("index.html", "app.js", "style.css", "model.json", *(f"ort/{n}" for n in web.ORT_WEB_FILES)):
         assert (site / name).is_file(), name
     config = json.loads((site / "model.json").read_text())
-    manifest = json.loads((web_export / "manifest.json").read_text())
-    assert config["label_set"] == manifest["label_set"]
-    assert config["preprocessing"] == manifest["preprocessing"]
-    assert config["export_manifest_sha256"] == manifest["manifest_sha256"]
+    manifest = read_manifest(web_export)
+    on_disk = json.loads((web_export / "manifest.json").read_text())  # the page gets the manifest's own JSON
+    assert config["label_set"] == manifest.label_set.to_dict() == on_disk["label_set"]
+    assert config["preprocessing"] == manifest.preprocessing.to_dict() == on_disk["preprocessing"]
+    assert config["export_manifest_sha256"] == manifest.manifest_sha256 == on_disk["manifest_sha256"]
     # Every graph the page loads is the export's file, byte for byte (sha256 as in the export's manifest).
     assert set(config["graphs"]) == {"image_classifier", "text_encoder", "class_bank", "adapter_head"}
     for graph, entry in config["graphs"].items():
         path = site / "models" / entry["file"]
-        assert sha256_file(path) == manifest["files"][entry["file"]]["sha256"] == entry["sha256"], graph
-        assert entry["io"] == manifest["graphs"][graph]["io"]
+        assert sha256_file(path) == manifest.files[entry["file"]].sha256 == entry["sha256"], graph
+        assert entry["io"] == on_disk["graphs"][graph]["io"]
     assert sha256_file(site / "models" / config["tokenizer"]["file"]) == config["tokenizer"]["sha256"]
     assert config["onnxruntime_web"]["version"] == web.ORT_WEB_VERSION
     assert "MB" in result.summary() and str(site) in result.summary()
@@ -68,13 +70,13 @@ def test_web_folder_holds_page_model_and_runtime(web_export: Path, fake_ort: Pat
 def test_smallest_validated_graph_is_chosen(web_export: Path) -> None:
     """The page gets the smallest ONNX file of each graph among those the export validated (fp16 here
     for the image classifier: half the bytes of fp32), never an OpenVINO or foreign file."""
-    manifest = json.loads((web_export / "manifest.json").read_text())
+    manifest = read_manifest(web_export)
     for graph in GRAPH_NAMES:
         chosen = web.choose_graph(web_export, manifest, graph)
-        files = manifest["graphs"][graph]["files"]
-        sizes = [manifest["files"][n]["bytes"] for p in files.values() for k, n in p.items() if k in web.KINDS]
+        files = manifest.graphs[graph].files
+        sizes = [manifest.files[n].bytes for p in files.values() for k, n in p.items() if k in web.KINDS]
         assert chosen["bytes"] == min(sizes)
-        assert chosen["file"] == files[chosen["precision"]][chosen["kind"]]
+        assert chosen["file"] == files[chosen["precision"]].get(chosen["kind"])
     assert web.choose_graph(web_export, manifest, "image_classifier")["precision"] == "fp16"
 
 

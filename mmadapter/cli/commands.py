@@ -283,8 +283,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, tensorrt=args.tensorrt, profile=profile, max_classes=args.max_classes,
         serving_repo=args.serving_repo, providers=args.providers, progress=not args.quiet,
     )
-    v = result.manifest["validation"]
-    status = "validated" if v["run"] and v["passed"] else "NOT validated (--no-validate)"
+    v = result.manifest.validation
+    status = "validated" if v.run and v.passed else "NOT validated (--no-validate)"
     print(f"wrote {len(result.files)} files to {result.out_dir} ({status})")
     if result.serving_repo:
         print(f"wrote a Triton model repository to {result.serving_repo}")

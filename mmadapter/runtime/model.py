@@ -40,17 +40,17 @@ class ExportedModel:
         self.precision = precision
         self.intra_op_threads = intra_op_threads
         # read_manifest checked the schema and the hash: the fields below exist and have their types.
-        self.class_names: list[str] = list(self.manifest["label_set"]["class_names"])
-        self.preprocessing = Preprocessing.from_dict(self.manifest["preprocessing"])
+        self.class_names: list[str] = list(self.manifest.label_set.class_names)
+        self.preprocessing: Preprocessing = self.manifest.preprocessing
         self._sessions: dict[tuple[str, str], Session] = {}
         self._open_vocabulary: Any = None
 
     def graph_file(self, graph: str, provider: str | None = None, precision: str | None = None) -> Path:
         precision = precision or self.precision
-        entry = self.manifest["graphs"].get(graph)
+        entry = self.manifest.graphs.get(graph)
         if entry is None:
-            raise ExportError(f"{self.folder} has no graph {graph!r}; it has {sorted(self.manifest['graphs'])}")
-        files = entry["files"].get(precision)
+            raise ExportError(f"{self.folder} has no graph {graph!r}; it has {sorted(self.manifest.graphs)}")
+        files = entry.files.get(precision)
         if files is None:
             raise ExportError(f"{self.folder} has no {precision} {graph} (export with --{precision} for "
                               f"{precision} graphs; int8 exists for the image classifier only)")
@@ -60,10 +60,10 @@ class ExportedModel:
             return verified_ir(self.folder, self.manifest, files, graph, precision)
         # TensorRT's parser takes standard ONNX ops only; other providers get the fused graph.
         kind = "portable" if provider == PROVIDER_ORDER[0] else "ort"
-        if kind not in files:
+        if files.get(kind) is None:
             raise ExportError(f"{self.precision} graphs run on ONNX Runtime's CPU provider, not TensorRT: "
                               "choose fp32 or fp16, or --providers cpu")
-        return verified_file(self.folder, self.manifest, files[kind])
+        return verified_file(self.folder, self.manifest, files.get(kind))
 
     def session(self, graph: str, precision: str | None = None) -> Session:
         key = (graph, precision or self.precision)
@@ -73,7 +73,7 @@ class ExportedModel:
             where = {"providers": self.providers} if on_ort else {"device": self.device}
             graph_session = open_session(path, engine=self.engine, precision=key[1], threads=self.intra_op_threads,
                                          **where)
-            session = Session(graph_session, batch_axis_inputs=self.manifest["graphs"][graph]["batch_inputs"])
+            session = Session(graph_session, batch_axis_inputs=self.manifest.graphs[graph].batch_inputs)
             if graph == IMAGE_CLASSIFIER:
                 self._check_classifier(session)
             self._sessions[key] = session

@@ -223,12 +223,9 @@ class OpenVocabulary:
         from mmadapter.runtime.tokenizer import ClipTokenizer
 
         manifest = model.manifest
-        fields = manifest["tokenizer"]
-        if not isinstance(fields.get("file"), str):
-            raise ExportError(f"{model.folder} has no tokenizer file, so it serves only its own label set; export "
-                              "the checkpoint again with this version of mmadapter for --classes")
+        fields = manifest.tokenizer
         tokenizer = ClipTokenizer.from_manifest(model.folder, fields, verified_file(model.folder, manifest,
-                                                                                   fields["file"]))
+                                                                                   fields.file))
         text_precision = "fp32" if model.precision == "int8" else model.precision
 
         def run(graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -237,9 +234,9 @@ class OpenVocabulary:
 
         setting = model.bank_cache
         root = default_cache_dir() if setting is True else (Path(setting) if setting else None)
-        outputs = {t["name"]: t["shape"] for t in manifest["graphs"][CLASS_BANK]["io"]["outputs"]}
+        outputs = {t.name: t.shape for t in manifest.graphs[CLASS_BANK].io.outputs}
         width = (int(outputs[TEXT_EMB][1]), int(outputs[KEYS][1]))
-        return cls(tokenizer, run, manifest["label_set"]["templates"], manifest["manifest_sha256"],
+        return cls(tokenizer, run, manifest.label_set.templates, manifest.manifest_sha256,
                    f"{model.precision}/{text_precision}", BankCache(root) if root is not None else None, width)
 
     def bank(self, class_names: Sequence[str], templates: Sequence[str] | None = None) -> Bank:

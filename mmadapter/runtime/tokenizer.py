@@ -27,12 +27,15 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmadapter.errors import ExportError
 from mmadapter.files import first_line
+
+if TYPE_CHECKING:
+    from mmadapter.runtime.manifest import Tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
 KIND = "clip-bpe"
@@ -86,13 +89,13 @@ class ClipTokenizer:
                                    else zip(SPECIAL_TOKENS, (self.sot_token_id, self.eot_token_id)))
 
     @classmethod
-    def from_manifest(cls, folder: str | Path, fields: dict[str, Any], path: Path | None = None) -> ClipTokenizer:
+    def from_manifest(cls, folder: str | Path, fields: Tokenizer, path: Path | None = None) -> ClipTokenizer:
         """The tokenizer an export's manifest describes (``path``: the verified file, if already checked)."""
-        if fields.get("kind") != KIND or not isinstance(fields.get("file"), str):
-            raise ExportError(f"{folder} has no torch-free tokenizer (its manifest names none); export the "
-                              "checkpoint again with this version of mmadapter")
-        return cls(path or Path(folder) / fields["file"], fields["context_length"], fields["sot_token_id"],
-                   fields["eot_token_id"], fields.get("special_tokens"))
+        if fields.kind != KIND:
+            raise ExportError(f"{folder} has no torch-free tokenizer (its manifest names {fields.kind!r}); export "
+                              "the checkpoint again with this version of mmadapter")
+        return cls(path or Path(folder) / fields.file, fields.context_length, fields.sot_token_id,
+                   fields.eot_token_id, dict(fields.special_tokens) if fields.special_tokens is not None else None)
 
     def _words_to_ids(self, text: str) -> list[int]:
         """Slow path for a text that holds a special token's spelling: the words one by one."""

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmadapter.errors import DataError, ExportError
 from mmadapter.files import first_line
 from mmadapter.runtime.engines import Port
+
+if TYPE_CHECKING:
+    from mmadapter.runtime.manifest import GraphFiles, Manifest
 
 XML_SUFFIX = ".openvino.xml"
 DEFAULT_DEVICE = "CPU"
@@ -127,11 +130,11 @@ class CompiledGraph:
         return [np.array(by_name[n], copy=True) for n in names]  # the request reuses its buffers
 
 
-def verified_ir(folder: Path, manifest: dict[str, Any], files: dict[str, str], graph: str, precision: str) -> Path:
+def verified_ir(folder: Path, manifest: Manifest, files: GraphFiles, graph: str, precision: str) -> Path:
     """The checked IR file (its ``.bin`` checked too) of a graph at a precision, from the manifest."""
     from mmadapter.runtime.manifest import verified_file
 
-    name = files.get("openvino")
+    name = files.openvino
     if name is None:
         raise ExportError(f"{folder} has no OpenVINO {precision} {graph} (export with --openvino"
                           f"{' --int8' if precision == 'int8' else ''})")
