@@ -213,86 +213,35 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
             validate: bool, tensorrt: bool, profile: BatchProfile, max_classes: int,
             providers: Sequence[str] | None) -> tuple[Manifest, list[dict[str, Any]], str | None]:
     """Every file of the export into ``tmp`` (and the repository into ``repo_tmp``)."""
-    import torch
-
+    from mmadapter.export.calibration import load_calibration
     from mmadapter.export.specs import build_specs
-    from mmadapter.export.validate import build_cases, validate_graph
-    from mmadapter.model.backbone import load_clip
-    from mmadapter.model.checkpoint import load_checkpoint
-
-    def step(name: str) -> None:
-        bar.set_postfix_str(name)
-
-    step("load checkpoint")
-    adapter, meta = load_checkpoint(checkpoint, backend="torch")
-    clip = load_clip(meta.clip)
-    if clip.embed_dim != meta.adapter.embed_dim:
-        raise ExportError(f"adapter width {meta.adapter.embed_dim} does not match CLIP {meta.clip.model_name} "
-                          f"(embedding width {clip.embed_dim})")
-    bar.update()
-    step("class bank")
-    with torch.no_grad():
-        class_emb = clip.class_embeddings(meta.label_set.class_names, meta.label_set.templates)
-        bank = adapter.class_bank(class_emb, meta.label_set.class_names)
-    context_length = int(getattr(clip.tokenizer, "context_length", 77))
     from mmadapter.export.tokenizer import write_tokenizer
+    from mmadapter.runtime.preprocess import Preprocessing
 
+    adapter, meta, clip, bank = _load(checkpoint, bar)
+    context_length = int(getattr(clip.tokenizer, "context_length", 77))
     tokenizer_fields = write_tokenizer(tmp, clip.tokenizer)  # serving tokenizes new label sets without torch
     specs = build_specs(clip.model, adapter, bank, meta.logit_scale, clip.image_size, context_length)
     bar.update()
-    from mmadapter.export.calibration import load_calibration, write_calibrated_graphs
-    from mmadapter.runtime.preprocess import Preprocessing
-
     if calibration is not None:
-        step("calibration images")
+        bar.set_postfix_str("calibration images")
         calibration = load_calibration(calibration, Preprocessing(clip.image_size, clip.image_mean, clip.image_std))
     graphs: dict[str, GraphEntry] = {}
-    fusions: dict[str, dict[str, int]] = {}
     for spec in specs:
-        step(f"export {spec.name}")
-        portable = onnx_io.export_graph(spec, tmp / f"{spec.name}.onnx", opset)
-        files = {"fp32": {"portable": portable.name, "ort": f"{spec.name}.ort.onnx"}}
-        fusions[spec.name] = onnx_io.optimize_for_ort(portable, tmp / files["fp32"]["ort"])
-        if fp16:
-            files["fp16"] = {"portable": f"{spec.name}.fp16.onnx", "ort": f"{spec.name}.fp16.ort.onnx"}
-            onnx_io.to_fp16(portable, tmp / files["fp16"]["portable"])
-            # fp16 after fusion, as ONNX Runtime recommends: the fused ops get fp16 kernels.
-            onnx_io.to_fp16(tmp / files["fp32"]["ort"], tmp / files["fp16"]["ort"])
-        int8_matmuls = 0
-        if int8 and spec.int8_scopes:
-            # From the fused graph: the quantizer keeps ORT's fusions. No portable int8 file:
-            # its DynamicQuantize/MatMulInteger ops are for ONNX Runtime on CPU, not TensorRT.
-            files["int8"] = {"ort": f"{spec.name}.int8.ort.onnx"}
-            int8_matmuls = onnx_io.quantize_int8(tmp / files["fp32"]["ort"], tmp / files["int8"]["ort"],
-                                                 spec.int8_scopes)
-        calibrated = write_calibrated_graphs(tmp, spec, files, calibration, openvino)
-        graphs[spec.name] = GraphEntry(
-            description=spec.description,
-            batchable=spec.batchable,
-            batch_inputs=tuple(t.name for t in spec.inputs if t.batch_axis in BATCH_AXES),
-            io=GraphIO(*(tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in ts)
-                         for ts in (spec.inputs, spec.outputs))),
-            files={precision: GraphFiles(**kinds) for precision, kinds in files.items()},
-            ort_fusions=fusions[spec.name],
-            int8_matmuls=int8_matmuls or None,
-            **calibrated,
-        )
+        bar.set_postfix_str(f"export {spec.name}")
+        graphs[spec.name] = _export_graph(spec, tmp, opset, fp16=fp16, int8=int8, calibration=calibration,
+                                          openvino=openvino)
         bar.update(1 + int(fp16) + int(int8))
-
     reports: list[dict[str, Any]] = []
+    open_reports: list[dict[str, Any]] = []
     if validate:
-        step("validate")
-        reports = _validate_all(specs, graphs, tmp, clip, adapter, bank, meta, providers, build_cases,
-                                validate_graph, calibration)
-        open_reports = _validate_open_vocabulary(graphs, tmp, tokenizer_fields, clip, adapter, meta, providers)
-        failures = [f for r in reports + open_reports for f in r["failures"]]
-        if failures:
-            raise ExportError(f"validation failed: {_summarise(failures)}")
+        bar.set_postfix_str("validate")
+        reports, open_reports = _validate(specs, graphs, tmp, tokenizer_fields, clip, adapter, bank, meta,
+                                          providers, calibration)
         bar.update()
-
     tensorrt_error = tensorrt_section = None
     if tensorrt:
-        step("tensorrt")
+        bar.set_postfix_str("tensorrt")
         from mmadapter.runtime.engines.tensorrt import tensorrt_unavailable_reason
 
         tensorrt_error = tensorrt_unavailable_reason()
@@ -309,12 +258,81 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
                          calibration.to_dict() if calibration is not None else None, tensorrt_section)
     write_manifest(tmp, manifest)
     if repo_tmp is not None:
-        step("serving repository")
+        bar.set_postfix_str("serving repository")
         from mmadapter.export.inference_server import write_model_repository
 
         write_model_repository(tmp, repo_tmp, manifest, profile.max, "fp16" if fp16 else "fp32")
         bar.update()
     return manifest, reports, tensorrt_error
+
+
+def _load(checkpoint: Path, bar: Any) -> tuple[Any, Any, Any, Any]:
+    """The checkpoint's adapter and description, the frozen CLIP it names, and its label set's class bank."""
+    import torch
+
+    from mmadapter.model.backbone import load_clip
+    from mmadapter.model.checkpoint import load_checkpoint
+
+    bar.set_postfix_str("load checkpoint")
+    adapter, meta = load_checkpoint(checkpoint, backend="torch")
+    clip = load_clip(meta.clip)
+    if clip.embed_dim != meta.adapter.embed_dim:
+        raise ExportError(f"adapter width {meta.adapter.embed_dim} does not match CLIP {meta.clip.model_name} "
+                          f"(embedding width {clip.embed_dim})")
+    bar.update()
+    bar.set_postfix_str("class bank")
+    with torch.no_grad():
+        class_emb = clip.class_embeddings(meta.label_set.class_names, meta.label_set.templates)
+        bank = adapter.class_bank(class_emb, meta.label_set.class_names)
+    return adapter, meta, clip, bank
+
+
+def _export_graph(spec: Any, tmp: Path, opset: int, *, fp16: bool, int8: bool, calibration: Any,
+                  openvino: bool) -> GraphEntry:
+    """One graph's files at every precision asked for, and its manifest entry."""
+    from mmadapter.export.calibration import write_calibrated_graphs
+
+    portable = onnx_io.export_graph(spec, tmp / f"{spec.name}.onnx", opset)
+    files = {"fp32": {"portable": portable.name, "ort": f"{spec.name}.ort.onnx"}}
+    fusions = onnx_io.optimize_for_ort(portable, tmp / files["fp32"]["ort"])
+    if fp16:
+        files["fp16"] = {"portable": f"{spec.name}.fp16.onnx", "ort": f"{spec.name}.fp16.ort.onnx"}
+        onnx_io.to_fp16(portable, tmp / files["fp16"]["portable"])
+        # fp16 after fusion, as ONNX Runtime recommends: the fused ops get fp16 kernels.
+        onnx_io.to_fp16(tmp / files["fp32"]["ort"], tmp / files["fp16"]["ort"])
+    int8_matmuls = 0
+    if int8 and spec.int8_scopes:
+        # From the fused graph: the quantizer keeps ORT's fusions. No portable int8 file:
+        # its DynamicQuantize/MatMulInteger ops are for ONNX Runtime on CPU, not TensorRT.
+        files["int8"] = {"ort": f"{spec.name}.int8.ort.onnx"}
+        int8_matmuls = onnx_io.quantize_int8(tmp / files["fp32"]["ort"], tmp / files["int8"]["ort"],
+                                             spec.int8_scopes)
+    calibrated = write_calibrated_graphs(tmp, spec, files, calibration, openvino)
+    return GraphEntry(
+        description=spec.description,
+        batchable=spec.batchable,
+        batch_inputs=tuple(t.name for t in spec.inputs if t.batch_axis in BATCH_AXES),
+        io=GraphIO(*(tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in ts)
+                     for ts in (spec.inputs, spec.outputs))),
+        files={precision: GraphFiles(**kinds) for precision, kinds in files.items()},
+        ort_fusions=fusions,
+        int8_matmuls=int8_matmuls or None,
+        **calibrated,
+    )
+
+
+def _validate(specs, graphs, tmp, tokenizer_fields, clip, adapter, bank, meta, providers, calibration):
+    """Every file against torch and the open-vocabulary path end to end; one ExportError naming the
+    failures if any graph fails."""
+    from mmadapter.export.validate import build_cases, validate_graph
+
+    reports = _validate_all(specs, graphs, tmp, clip, adapter, bank, meta, providers, build_cases,
+                            validate_graph, calibration)
+    open_reports = _validate_open_vocabulary(graphs, tmp, tokenizer_fields, clip, adapter, meta, providers)
+    failures = [f for r in reports + open_reports for f in r["failures"]]
+    if failures:
+        raise ExportError(f"validation failed: {_summarise(failures)}")
+    return reports, open_reports
 
 
 def _opener(kind: str, precision: str, providers: list[str]) -> Callable[[Path], Any]:

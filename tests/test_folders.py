@@ -97,16 +97,21 @@ def test_edited_export_manifest_never_deletes_a_listed_user_file(tmp_path: Path)
     """The known bug: a manifest edited to list the user's notes.txt let --overwrite delete it.
     A manifest is trusted only when its own sha256 holds."""
     from mmadapter.export.pipeline import EXPORT_FOLDER
-    from mmadapter.runtime.manifest import MANIFEST, file_entry, listed_files, seal
+    from mmadapter.runtime.manifest import FORMAT_NAME, HASH_FIELD, MANIFEST, file_entry, listed_files, manifest_hash
+
+    def sealed(files: dict[str, object]) -> str:
+        data = {"format": FORMAT_NAME, "files": {n: e.to_dict() for n, e in files.items()}}
+        return json.dumps({**data, HASH_FIELD: manifest_hash(data)})
 
     out = tmp_path / "out"
     out.mkdir()
     (out / "graph.onnx").write_bytes(b"graph")
     (out / "notes.txt").write_text("mine")
-    manifest = seal({"files": {"graph.onnx": file_entry(out, "graph.onnx")}})
-    (out / MANIFEST).write_text(json.dumps(manifest))
+    listed = {"graph.onnx": file_entry(out, "graph.onnx")}
+    (out / MANIFEST).write_text(sealed(listed))
     assert listed_files(out) == {"graph.onnx", MANIFEST, "timing.cache"}
-    manifest["files"]["notes.txt"] = file_entry(out, "notes.txt")  # edited, not sealed again
+    manifest = json.loads(sealed(listed))
+    manifest["files"]["notes.txt"] = file_entry(out, "notes.txt").to_dict()  # edited, not sealed again
     (out / MANIFEST).write_text(json.dumps(manifest))
     assert listed_files(out) is None
     with pytest.raises(MMAdapterError, match="no export wrote"):

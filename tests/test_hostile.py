@@ -142,8 +142,11 @@ def test_python_export_py_is_the_same_command(tmp_path: Path) -> None:
 
 
 _SLOW_EXPORT = """
-import sys, time, shutil
+import signal, sys, time, shutil
 from pathlib import Path
+# A foreground run's Ctrl-C: a test runner started in the background inherits SIGINT ignored, and Python
+# then installs no KeyboardInterrupt handler, so the signal would be lost whatever the export does.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from mmadapter.export import onnx_io
 from mmadapter import cli
 graphs = Path(sys.argv[1])

@@ -124,3 +124,17 @@ def test_each_engine_is_opened_in_one_place(call, home):
     sites = [f"{p.relative_to(ROOT)}:{i}" for p in python_files("mmadapter", "export", "benchmarks")
              for i, line in enumerate(p.read_text().splitlines(), 1) if call in line]
     assert len(sites) == 1 and sites[0].startswith(home + ":"), sites
+
+
+MAX_FUNCTION_LINES = 80  # kernels/ is exempt: a Triton kernel is one function by nature
+
+
+def test_no_function_is_longer_than_the_limit():
+    long = []
+    for path in python_files("mmadapter", "export", "benchmarks", "tests"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
