@@ -1,5 +1,5 @@
 // mmadapter's web page: CLIP + Multi-Modal Adapter classification in the browser with onnxruntime-web.
-// Preprocessing mirrors mmadapter.export.preprocess (which mirrors open_clip): shortest side resized
+// Preprocessing mirrors mmadapter.runtime.preprocess (which mirrors open_clip): shortest side resized
 // with Pillow's bicubic filter (ported from Pillow's Resample.c, 8-bit fixed point, so RGB and grey
 // images give Pillow's pixels), centre crop with Python's rounding, float32 normalisation. New label
 // sets run CLIP's BPE tokenizer (tokenizer.json), text_encoder, class_bank and adapter_head here.
@@ -99,7 +99,7 @@ async function startRuntime() {
     `${g.file} (${g.precision}, ${(g.bytes / 1e6).toFixed(2)} MB)`;
 }
 
-// --- preprocessing (mmadapter.export.preprocess, Pillow's resampling) --------------------------------------
+// --- preprocessing (mmadapter.runtime.preprocess, Pillow's resampling) --------------------------------------
 
 const PRECISION_BITS = 32 - 8 - 2;
 
@@ -304,7 +304,7 @@ async function preprocess(file, url) {
   return out;
 }
 
-// --- the tokenizer (mmadapter.export.tokenizer: CLIP's byte-level BPE) -----------------------------------
+// --- the tokenizer (mmadapter.runtime.tokenizer: CLIP's byte-level BPE) -----------------------------------
 
 function bytesToUnicode() {
   const bs = [];
@@ -411,7 +411,7 @@ async function tokenizer() {
 }
 api.tokenize = async (texts) => (await tokenizer()).call(texts);
 
-// --- label sets (mmadapter.labels, mmadapter.export.open_vocab) -----------------------------------------
+// --- label sets (mmadapter.runtime.labels, mmadapter.runtime.open_vocab) -----------------------------------------
 
 function promptName(name) { return name.replaceAll('_', ' '); }
 
