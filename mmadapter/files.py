@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -219,3 +220,24 @@ __all__ = [
     "temp_name",
     "write_cache_entry",
 ]
+
+
+def canonical_sha256(data: dict, without: str) -> str:
+    """sha256 of ``data``'s canonical JSON (sorted keys, no spaces) less its ``without`` field: the seal a
+    file we write carries over itself, so that an edit is seen before its content is trusted."""
+    body = {k: v for k, v in data.items() if k != without}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def read_sealed_json(path: Path, fmt: str, seal_field: str) -> dict | None:
+    """The JSON object at ``path`` when it names format ``fmt``, has a ``files`` object and its seal
+    holds; None for a missing, unreadable, foreign or edited file (never an exception)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != fmt or not isinstance(data.get("files"), dict):
+        return None
+    return data if data.get(seal_field) == canonical_sha256(data, seal_field) else None
+

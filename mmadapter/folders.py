@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -30,7 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmadapter.errors import MMAdapterError
-from mmadapter.files import atomic_write_text, first_line, remove_stale_temps, temp_name
+from mmadapter.files import (
+    atomic_write_text,
+    canonical_sha256,
+    first_line,
+    read_sealed_json,
+    remove_stale_temps,
+    temp_name,
+)
 
 LOCK_SUFFIX = ".lock"
 LISTING_HASH = "listing_sha256"
@@ -86,29 +92,19 @@ def destination(given: str | Path, what: str, owner: Owner) -> Destination:
 
 # Listings: a marker naming the files we wrote -----------------------------------------------------------
 
-def _canonical_hash(body: dict) -> str:
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
 def write_listing(folder: Path, marker: str, fmt: str, files: Iterable[str]) -> Path:
     """Write ``folder/marker``: the files (relative, '/'-separated) with their sizes, sealed by the
     sha256 of the listing itself, so that an edit of the list is seen before it is trusted."""
     body = {"format": fmt, "files": {f: (folder / f).stat().st_size for f in sorted(files)}}
-    return atomic_write_text(folder / marker, json.dumps({**body, LISTING_HASH: _canonical_hash(body)}, indent=2)
-                             + "\n")
+    sealed = {**body, LISTING_HASH: canonical_sha256(body, LISTING_HASH)}
+    return atomic_write_text(folder / marker, json.dumps(sealed, indent=2) + "\n")
 
 
 def read_listing(folder: Path, marker: str, fmt: str) -> set[str] | None:
     """The files that ``folder/marker`` lists and that still have the size written there; None when
     the marker is missing, of another format, or was edited after it was written."""
-    try:
-        data = json.loads((Path(folder) / marker).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(data, dict) or data.get("format") != fmt or not isinstance(data.get("files"), dict):
-        return None
-    if data.get(LISTING_HASH) != _canonical_hash({k: v for k, v in data.items() if k != LISTING_HASH}):
+    data = read_sealed_json(Path(folder) / marker, fmt, LISTING_HASH)
+    if data is None:
         return None
     return {name for name, size in data["files"].items() if safe_relative(name) and same_size(folder / name, size)}
 

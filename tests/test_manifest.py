@@ -164,3 +164,16 @@ def test_tokenizer_section_on_its_own(raw: dict[str, Any]) -> None:
     with pytest.raises(ExportError, match=r"section is invalid: tokenizer: unknown fields \['sot'\]; "
                                           r"tokenizer.sot_token_id: must be >= 0"):
         Tokenizer.from_dict({**raw["tokenizer"], "sot_token_id": -1, "sot": 1})
+
+
+def test_a_tensor_name_given_twice_is_refused(raw: dict[str, Any]) -> None:
+    """Found by the fuzz test: a second output named ``logits`` passed the schema, and which of the two a
+    reader by name would get was undefined."""
+    doc = copy.deepcopy(raw)
+    outputs = doc["graphs"]["image_classifier"]["io"]["outputs"]
+    outputs[1]["name"] = outputs[0]["name"]
+    problems = check_manifest(doc)
+    assert any(p.startswith("graphs.image_classifier.io.outputs: tensor names must be unique") for p in problems), \
+        problems
+    with pytest.raises(ExportError, match="unique"):
+        Manifest.from_dict(_resealed(doc), "m.json")

@@ -16,7 +16,6 @@ Read by the runtime on a serving machine, so this module imports neither torch n
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import re
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mmadapter.errors import ExportError, MMAdapterError
-from mmadapter.files import atomic_write_text, first_line, sha256_file
+from mmadapter.files import atomic_write_text, canonical_sha256, first_line, read_sealed_json, sha256_file
 from mmadapter.runtime.graphs import IMAGE_CLASSIFIER, LOGITS, PIXELS
 from mmadapter.runtime.labels import check_class_names, check_template
 from mmadapter.runtime.preprocess import Preprocessing
@@ -60,9 +59,7 @@ def package_versions() -> dict[str, str]:
 
 def manifest_hash(data: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON (sorted keys, no spaces) of a manifest's dict without its hash field."""
-    body = {k: v for k, v in data.items() if k != HASH_FIELD}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return canonical_sha256(dict(data), HASH_FIELD)
 
 
 def _plain(value: Any) -> Any:
@@ -451,6 +448,10 @@ def _parse_tensors(c: _Checker, value: Any, where: str) -> tuple[TensorSpec, ...
                 shape = None
         if name is not None and dtype in TENSOR_DTYPES and shape is not None:
             good.append(TensorSpec(name, dtype, tuple(shape)))
+    names = [t.name for t in good]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # a graph's tensors are fed and read by name: two of one name would make one of them unreachable
+        c.fail(where, f"tensor names must be unique, {repeated} repeat")
     return tuple(good)
 
 
@@ -812,13 +813,8 @@ def listed_files(folder: Path) -> set[str] | None:
     readable mmadapter manifest or one edited after the export (its hash differs), since an edited
     list could name the user's files. A listed file whose size differs from the manifest's is left
     out: it is not what the export wrote."""
-    try:
-        data = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME or not isinstance(data.get("files"), dict):
-        return None
-    if data.get(HASH_FIELD) != manifest_hash(data):
+    data = read_sealed_json(Path(folder) / MANIFEST, FORMAT_NAME, HASH_FIELD)
+    if data is None:
         return None
     names = {n for n, entry in data["files"].items() if plain_file_name(n) and _same_size(Path(folder) / n, entry)}
     # TensorRT sidecars (<engine>.json) and the timing cache are written beside the engines.
