@@ -258,6 +258,11 @@ def _compare(report: GraphReport, what: str, label: str, got: dict[str, np.ndarr
 
 def _check_top1(report: GraphReport, what: str, tally: list[int]) -> None:
     agree, seen = tally
+    compared = seen + report.near_ties
+    # Near ties are set aside, but a run of mostly ties would judge top-1 on almost nothing and pass.
+    if compared and 2 * seen < compared:
+        report.failures.append(f"{what}: only {seen} of {compared} inputs are decisive (the rest near ties): "
+                               "top-1 agreement cannot be judged on these inputs")
     if seen:
         report.top1_agreement = agree / seen
         if report.top1_agreement < TOP1_MIN:

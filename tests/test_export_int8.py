@@ -166,3 +166,16 @@ def test_near_tie_rule(precision: str, ties: int, fails: bool) -> None:
     flipped = np.array([[100.0, 99.9, 10.0], [10.0, 50.0, 100.0]], dtype=np.float32)  # decisive row flips
     report = validate_graph(Path("g.onnx"), spec, [case], "int8", lambda p: _FakeSession([flipped]))
     assert any("top-1 identical on 0/1" in f for f in report.failures), report.failures
+
+
+def test_validation_refuses_to_judge_top1_on_mostly_near_ties() -> None:
+    """Every row a near tie at int8's margin: nothing decisive is left to compare, so the graph fails
+    validation instead of passing with no top-1 evidence."""
+    ref = np.array([[100.0, 99.9, 10.0], [50.0, 49.95, 10.0], [80.0, 79.9, 1.0]], dtype=np.float32)
+    spec = type("S", (), {"inputs": (TensorSpec("x", "float32", ("batch", 2)),),
+                          "outputs": (TensorSpec("logits", "float32", ("batch", 3)),),
+                          "tolerances": TESTS_TOLERANCES})()
+    case = Case("three ties", {"x": np.zeros((3, 2), np.float32)}, {"logits": ref})
+    report = validate_graph(Path("g.onnx"), spec, [case], "int8", lambda p: _FakeSession([ref]))
+    assert report.near_ties == 3
+    assert any("only 0 of 3 inputs are decisive" in f for f in report.failures), report.failures
