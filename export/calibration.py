@@ -47,14 +47,18 @@ class CalibrationSet:
                 "images_sha256": self.digest, "holdout_every": HOLDOUT_EVERY, "seed": SEED}
 
 
-def training_data_folder(training: Any) -> Path | None:
-    """The image folder a checkpoint's ``training`` metadata names, if it names one that exists."""
+def training_data_folder(training: Any, checkpoint: str | Path) -> Path | None:
+    """The image folder a checkpoint's ``training`` metadata names, if it names one that exists. A relative
+    path is relative to the checkpoint's folder (the demo's checkpoint lies beside its digits), so the
+    folder can move with the checkpoint."""
     if not isinstance(training, dict):
         return None
     for key in TRAINING_DATA_KEYS:
         value = training.get(key)
-        if isinstance(value, str) and value and Path(value).is_dir():
-            return Path(value)
+        if isinstance(value, str) and value:
+            folder = Path(checkpoint).parent / value  # an absolute value stays as it is
+            if folder.is_dir():
+                return folder
     return None
 
 
@@ -71,7 +75,7 @@ def resolve_calibration_folder(calibration: str | Path | None, checkpoint: str |
     from mmadapter.model.checkpoint import read_metadata
 
     training = read_metadata(Path(checkpoint)).get("training")
-    found = training_data_folder(training)
+    found = training_data_folder(training, checkpoint)
     if found is None:
         dataset = training.get("dataset") if isinstance(training, dict) else None
         named = f"records its training dataset {dataset!r} but no reachable image folder" if dataset else \
@@ -190,7 +194,7 @@ def calibration_folder_for(*, int8: bool, openvino: bool, calibration: str | Pat
     from mmadapter.model.checkpoint import read_metadata
 
     try:
-        found = training_data_folder(read_metadata(Path(checkpoint)).get("training"))
+        found = training_data_folder(read_metadata(Path(checkpoint)).get("training"), checkpoint)
     except Exception:  # noqa: BLE001 - loading the checkpoint reports what is wrong with it
         return None
     try:

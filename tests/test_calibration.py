@@ -44,8 +44,11 @@ def test_folders_and_errors(tmp_path: Path) -> None:
     few = make_image_folder(tmp_path / "few", ["a"], per_class=3)
     with pytest.raises(ExportError, match="at least 4"):
         cal.resolve_calibration_folder(few, ckpt)
-    assert cal.training_data_folder({"data_root": str(few)}) == few
-    assert cal.training_data_folder({"data_root": str(tmp_path / "gone"), "dataset": "x"}) is None
+    assert cal.training_data_folder({"data_root": str(few)}, ckpt) == few
+    assert cal.training_data_folder({"data_root": str(tmp_path / "gone"), "dataset": "x"}, ckpt) is None
+    # A relative folder is the checkpoint's neighbour (the demo's digits), wherever the command runs.
+    assert cal.training_data_folder({"data_root": "few"}, tmp_path / "adapter.safetensors") == tmp_path / "few"
+    assert cal.training_data_folder({"data_root": "few"}, tmp_path / "elsewhere" / "a.safetensors") is None
     # Dynamic int8 alone needs no images; OpenVINO int8 does.
     assert cal.calibration_folder_for(int8=True, openvino=False, calibration=None, checkpoint=ckpt) is None
     with pytest.raises(ExportError, match="--calibration DIR"):

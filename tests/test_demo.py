@@ -66,6 +66,11 @@ def test_demo_folder_can_move(demo: tuple[Path, str], tmp_path: Path) -> None:
     _, meta = load_checkpoint(moved / "adapter.safetensors")
     assert Path(str(meta.clip.weights_path)) == (moved / "clip-weights.safetensors").resolve()
     assert cli.main(["predict", "--checkpoint", str(moved / "adapter.safetensors"), str(moved / "images")]) == 0
+    # Its training images move with it: an int8 OpenVINO export calibrates on them without --calibration.
+    from mmadapter.export.calibration import calibration_folder_for
+
+    found = calibration_folder_for(int8=True, openvino=True, calibration=None, checkpoint=moved / "adapter.safetensors")
+    assert found == moved / "digits"
 
 
 def test_demo_refuses_a_folder_it_did_not_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -234,8 +234,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (must be empty unless --overwrite)")
     p.add_argument("--fp16", action="store_true", help="also write fp16 graphs (fp32 LayerNorm/softmax, fp32 I/O)")
     p.add_argument("--int8", action="store_true", help="also write an int8 image classifier for ONNX Runtime on CPU "
-                   "(dynamic quantization of the image tower's transformer blocks; validated, see README); with "
-                   "calibration images also a calibrated Q/DQ int8 graph")
+                   "(dynamic quantization of the image tower's transformer blocks; validated, see README); a "
+                   "calibrated Q/DQ int8 graph is added only when calibration images are there (--calibration, or "
+                   "the checkpoint's training images when reachable)")
     p.add_argument("--openvino", action="store_true", help="also write OpenVINO IR files (with --int8: the "
                    "calibrated int8 image classifier; needs mmadapter[openvino])")
     p.add_argument("--calibration", type=Path, default=None, help="folder of real images to calibrate int8 with "

@@ -142,6 +142,8 @@ def _run_demo(out_dir: Path, progress: bool, seed: int, log: Callable[[str], Non
     # The weights file lies beside the checkpoint: refer to it relatively, so the folder can move
     # (the sha256 still pins the content).
     meta = replace(meta, clip=replace(meta.clip, weights_path="clip-weights.safetensors"))
+    # Its training images too, so `export --int8 --openvino` calibrates on them without --calibration.
+    meta.training["data_root"] = "digits"
     # The demo owns its output folder: a rerun replaces the previous run's checkpoint.
     checkpoint = save_checkpoint(out_dir / "adapter.safetensors", report.heads["mma"], meta, overwrite=True)
     log(f"checkpoint: {checkpoint} (label set: {', '.join(base)}; CLIP weights by path + sha256)")
