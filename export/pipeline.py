@@ -33,6 +33,7 @@ from mmadapter.folders import Destination, Owner, check_folder, destination, own
 from mmadapter.runtime.graphs import BATCH_AXES
 from mmadapter.runtime.manifest import (
     MANIFEST,
+    Bf16,
     CheckpointRef,
     Engine,
     GraphEntry,
@@ -162,6 +163,7 @@ def export_checkpoint(
     fp16: bool = False,
     int8: bool = False,
     openvino: bool = False,
+    bf16: bool = False,
     calibration: str | Path | None = None,
     opset: int = onnx_io.DEFAULT_OPSET,
     validate: bool = True,
@@ -179,6 +181,8 @@ def export_checkpoint(
 
     profile = check_export_arguments(opset=opset, profile=profile, max_classes=max_classes, providers=providers)
     checkpoint = Path(checkpoint)
+    if bf16 and not openvino:
+        raise ExportError("--bf16 is OpenVINO's precision (the fp32 IR computed in bfloat16): add --openvino")
     dests = check_destinations(checkpoint, out_dir, serving_repo, overwrite)
     inputs = _inputs(checkpoint)
     from mmadapter.export.calibration import calibration_folder_for
@@ -196,7 +200,7 @@ def export_checkpoint(
             try:
                 manifest, reports, tensorrt_error = _export(
                     checkpoint, temps[0], temps[1] if serving_repo is not None else None, bar, fp16=fp16,
-                    int8=int8, openvino=openvino, calibration=calibration, opset=opset, validate=validate,
+                    int8=int8, openvino=openvino, bf16=bf16, calibration=calibration, opset=opset, validate=validate,
                     tensorrt=tensorrt, profile=profile, max_classes=max_classes, providers=providers)
             except OSError as exc:
                 raise write_error(dests[0], exc) from None
@@ -209,7 +213,7 @@ def export_checkpoint(
 
 
 def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp16: bool, int8: bool,
-            openvino: bool, calibration: Path | None, opset: int,
+            openvino: bool, bf16: bool, calibration: Path | None, opset: int,
             validate: bool, tensorrt: bool, profile: BatchProfile, max_classes: int,
             providers: Sequence[str] | None) -> tuple[Manifest, list[dict[str, Any]], str | None]:
     """Every file of the export into ``tmp`` (and the repository into ``repo_tmp``)."""
@@ -226,6 +230,7 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
     if calibration is not None:
         bar.set_postfix_str("calibration images")
         calibration = load_calibration(calibration, Preprocessing(clip.image_size, clip.image_mean, clip.image_std))
+    bf16_record = _bf16_record() if bf16 else None
     graphs: dict[str, GraphEntry] = {}
     for spec in specs:
         bar.set_postfix_str(f"export {spec.name}")
@@ -237,7 +242,7 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
     if validate:
         bar.set_postfix_str("validate")
         reports, open_reports = _validate(specs, graphs, tmp, tokenizer_fields, clip, adapter, bank, meta,
-                                          providers, calibration)
+                                          providers, calibration, bf16_record is not None and bf16_record.measured)
         bar.update()
     tensorrt_error = tensorrt_section = None
     if tensorrt:
@@ -255,7 +260,7 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
                             tuple(map(Report.from_dict, open_reports)) if validate else None)
     manifest = _manifest(checkpoint, meta, clip, graphs, opset, validation, files,
                          replace(tokenizer_fields, model_name=meta.clip.model_name),
-                         calibration.to_dict() if calibration is not None else None, tensorrt_section)
+                         calibration.to_dict() if calibration is not None else None, tensorrt_section, bf16_record)
     write_manifest(tmp, manifest)
     if repo_tmp is not None:
         bar.set_postfix_str("serving repository")
@@ -321,13 +326,20 @@ def _export_graph(spec: Any, tmp: Path, opset: int, *, fp16: bool, int8: bool, c
     )
 
 
-def _validate(specs, graphs, tmp, tokenizer_fields, clip, adapter, bank, meta, providers, calibration):
-    """Every file against torch and the open-vocabulary path end to end; one ExportError naming the
-    failures if any graph fails."""
+def _bf16_record() -> Bf16:
+    """What this CPU says about bf16: validation runs the IR in bf16 only where it computes bf16 natively."""
+    from mmadapter.runtime.engines.openvino import native_bf16, optimization_capabilities
+
+    return Bf16(measured=native_bf16(), cpu=" ".join(optimization_capabilities()))
+
+
+def _validate(specs, graphs, tmp, tokenizer_fields, clip, adapter, bank, meta, providers, calibration, bf16):
+    """Every file against torch (the fp32 IR in bf16 too, with ``bf16``) and the open-vocabulary path end to
+    end; one ExportError naming the failures if any graph fails."""
     from mmadapter.export.validate import build_cases, validate_graph
 
     reports = _validate_all(specs, graphs, tmp, clip, adapter, bank, meta, providers, build_cases,
-                            validate_graph, calibration)
+                            validate_graph, calibration, bf16)
     open_reports = _validate_open_vocabulary(graphs, tmp, tokenizer_fields, clip, adapter, meta, providers)
     failures = [f for r in reports + open_reports for f in r["failures"]]
     if failures:
@@ -348,7 +360,7 @@ def _opener(kind: str, precision: str, providers: list[str]) -> Callable[[Path],
 
 
 def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, build_cases, validate_graph,
-                  calibration=None):
+                  calibration=None, bf16=False):
     from mmadapter.export.calibration import holdout_case, validate_static
     from mmadapter.runtime.model import resolve_providers
 
@@ -373,6 +385,10 @@ def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, b
                     if foreign:
                         report.failures.append(f"{name}: non-standard ops {foreign} in the portable graph")
                 reports.append(report.to_dict())
+        ir = graphs[spec.name].files["fp32"].openvino
+        if bf16 and ir is not None:  # the fp32 IR computed in bfloat16, at bf16's own thresholds
+            report = validate_graph(folder / ir, spec, cases[spec.name], "bf16", _opener("openvino", "bf16", chosen))
+            reports.append(report.to_dict())
     return reports
 
 
@@ -393,7 +409,7 @@ def _validate_open_vocabulary(graphs, folder, tokenizer_fields, clip, adapter, m
 
 
 def _manifest(checkpoint, meta, clip, graphs, opset, validation, files, tokenizer, calibration,
-              tensorrt) -> Manifest:
+              tensorrt, bf16) -> Manifest:
     from mmadapter.runtime.preprocess import Preprocessing
 
     return Manifest(
@@ -411,6 +427,7 @@ def _manifest(checkpoint, meta, clip, graphs, opset, validation, files, tokenize
         validation=validation,
         calibration=calibration,
         tensorrt=tensorrt,
+        bf16=bf16,
         files=files,
     )
 

@@ -45,6 +45,7 @@ LOW_PRECISION_EMB_ATOL = 2e-3
 EXPORT_TOLERANCES = {
     "fp32": {"cosine_min": 0.99999, "tie_margin": 0.0, "logits_atol": 1e-4},
     "fp16": {"cosine_min": 0.999, "tie_margin": 0.0, "logits_atol": None},
+    "bf16": {"cosine_min": 0.999, "tie_margin": 0.0, "logits_atol": None},
     "int8": {"cosine_min": 0.999, "tie_margin": 0.005, "logits_atol": None},
 }
 EXPORT_COSINE_MIN = {precision: t["cosine_min"] for precision, t in EXPORT_TOLERANCES.items()}

@@ -56,6 +56,9 @@ class Tolerance:
 TOLERANCES = {
     "fp32": Tolerance(cosine_min=0.99999, tie_margin=0.0, logits_atol=1e-4),
     "fp16": Tolerance(cosine_min=0.999, tie_margin=0.0),
+    # OpenVINO's bf16 (the fp32 IR computed in bfloat16) is held to fp16's thresholds: fewer mantissa bits
+    # than fp16, fp32's range, and fp32 accumulation in OpenVINO's CPU kernels (0.99996 on ViT-B-16).
+    "bf16": Tolerance(cosine_min=0.999, tie_margin=0.0),
     "int8": Tolerance(cosine_min=0.999, tie_margin=0.005),
 }
 TOP1_MIN = 0.999  # share of decisive inputs whose top-1 class must equal torch's

@@ -248,6 +248,17 @@ class TensorRT(_Record):
     profile: Mapping[str, int] | None = None
 
 
+@dataclass(frozen=True)
+class Bf16(_Record):
+    """OpenVINO's bf16 precision (``export --openvino --bf16``): the fp32 IR compiled with a bf16 inference
+    precision, offered by name only. ``measured``: whether the exporting CPU computes bf16 natively
+    (AVX512_BF16 or AMX), so that validation ran the IR in bf16 (its reports have precision "bf16");
+    otherwise OpenVINO ran it in f32 there and bf16 itself was not measured."""
+
+    measured: bool
+    cpu: str  # what the exporting CPU offers OpenVINO, e.g. "FP32 INT8 BF16"
+
+
 # The provenance sections (clip, adapter, versions, calibration) stay plain JSON objects: they record
 # what made the export for people and for the checkpoint's own typed classes (which need torch), and
 # the runtime reads only clip.model_name from them (Manifest.model_name).
@@ -267,6 +278,7 @@ class Manifest(_Record):
     validation: Validation
     calibration: Mapping[str, Any] | None = None
     tensorrt: TensorRT | None = None
+    bf16: Bf16 | None = None
     files: Mapping[str, FileEntry]
 
     @property
@@ -709,6 +721,15 @@ def _parse_tensorrt(c: _Checker, data: Any, files: Mapping[str, Any]) -> TensorR
     return TensorRT(engines, profile=profile, **details)
 
 
+def _parse_bf16(c: _Checker, data: Any) -> Bf16 | None:
+    section = c.get(data, "bf16", "", dict, required=False)
+    if section is None:
+        return None
+    c.unknown(section, Bf16, "bf16")
+    measured, cpu = c.get(section, "measured", "bf16", bool), c.get(section, "cpu", "bf16", str)
+    return None if None in (measured, cpu) else Bf16(measured, cpu)
+
+
 def _parse_provenance(c: _Checker, data: dict[str, Any]) -> dict[str, Any]:
     """What made the export: checkpoint, CLIP, adapter, logit scale, opset, versions, calibration."""
     out: dict[str, Any] = {"created": c.get(data, "created", "", str)}
@@ -758,10 +779,11 @@ def _parse_manifest(c: _Checker, data: Any) -> Manifest | None:
         _classifier_dims(c, graphs, num_classes, image_size)
     validation = _parse_validation(c, data)
     tensorrt = _parse_tensorrt(c, data, listed)
+    bf16 = _parse_bf16(c, data)
     if c.problems:
         return None
     return Manifest(**provenance, label_set=label_set, preprocessing=preprocessing, tokenizer=tokenizer,
-                    graphs=typed_graphs, validation=validation, tensorrt=tensorrt, files=files)
+                    graphs=typed_graphs, validation=validation, tensorrt=tensorrt, bf16=bf16, files=files)
 
 
 def check_manifest(data: Any) -> list[str]:

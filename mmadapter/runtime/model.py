@@ -50,7 +50,7 @@ class ExportedModel:
         entry = self.manifest.graphs.get(graph)
         if entry is None:
             raise ExportError(f"{self.folder} has no graph {graph!r}; it has {sorted(self.manifest.graphs)}")
-        files = entry.files.get(precision)
+        files = entry.files.get(self._stored_precision(precision))
         if files is None:
             raise ExportError(f"{self.folder} has no {precision} {graph} (export with --{precision} for "
                               f"{precision} graphs; int8 exists for the image classifier only)")
@@ -64,6 +64,17 @@ class ExportedModel:
             raise ExportError(f"{self.precision} graphs run on ONNX Runtime's CPU provider, not TensorRT: "
                               "choose fp32 or fp16, or --providers cpu")
         return verified_file(self.folder, self.manifest, files.get(kind))
+
+    def _stored_precision(self, precision: str) -> str:
+        """The files a precision runs from: bf16 is OpenVINO's, computed from the fp32 IR, and only where the
+        export offered it (``--openvino --bf16``: validated in bf16 or recorded as not measured)."""
+        if precision != "bf16":
+            return precision
+        if self.engine != "openvino":
+            raise ExportError("bf16 is an OpenVINO precision: serve it with --engine openvino")
+        if self.manifest.bf16 is None:
+            raise ExportError(f"{self.folder} does not offer bf16 (export with --openvino --bf16)")
+        return "fp32"
 
     def session(self, graph: str, precision: str | None = None) -> Session:
         key = (graph, precision or self.precision)

@@ -46,6 +46,17 @@ def openvino_unavailable_reason() -> str | None:
     return None
 
 
+def optimization_capabilities(device: str = DEFAULT_DEVICE) -> list[str]:
+    """What OpenVINO says ``device`` computes natively (``FP32``, ``INT8``, ``BF16``, ...)."""
+    return [str(c) for c in import_openvino().Core().get_property(device, "OPTIMIZATION_CAPABILITIES")]
+
+
+def native_bf16(device: str = DEFAULT_DEVICE) -> bool:
+    """Whether ``device`` computes bf16 itself (on a CPU: AVX512_BF16 or AMX). Elsewhere OpenVINO accepts the
+    bf16 hint and runs f32, which is correct but measures nothing about bf16."""
+    return "BF16" in optimization_capabilities(device)
+
+
 def bin_name(xml_name: str) -> str:
     return Path(xml_name).with_suffix(".bin").name
 
