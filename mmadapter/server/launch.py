@@ -143,12 +143,12 @@ def stop(proc: subprocess.Popen, timeout: float = DRAIN_TIMEOUT_S + 10) -> int:
 def serve(opts: ServeOptions, say: Callable[[str], None] = print) -> int:
     """Run the server until it is stopped; Ctrl-C and SIGTERM (raised as exceptions by the CLI's
     contract) drain it first and are raised again, for exit status 130 or 143."""
-    install = find_triton()
-    check_stub_numpy(python_path())
     check_export(opts.export_dir, opts.settings.precision)
     for what, port in (("--http-port", opts.http_port), ("--grpc-port", opts.grpc_port),
                        ("--metrics-port", opts.metrics_port)):
         check_port(opts.host, port, what)
+    install = find_triton()
+    check_stub_numpy(python_path())
     folder = (opts.folder or default_folder(opts.export_dir)).resolve()
     prepare_folder(folder, opts.export_dir, opts.settings, install)
     log = opts.log_file or folder.with_name(folder.name + ".log")
