@@ -1,4 +1,4 @@
-"""The ``mmadapter`` subcommands (train, evaluate, predict, demo, convert, export) and their parsers: thin
+"""The ``mmadapter`` subcommands (train, evaluate, predict, demo, convert, export, serve) and their parsers: thin
 argparse layers over typed functions."""
 
 from __future__ import annotations
@@ -364,6 +364,12 @@ def build_parser() -> ArgumentParser:
     p = sub.add_parser("export", help="export a checkpoint to validated ONNX graphs (TensorRT engines, a Triton "
                        "model repository)", description="Export an mmadapter checkpoint to validated ONNX graphs.")
     add_export_arguments(p)
+
+    from mmadapter.server.cli import add_serve_arguments  # argparse only: nothing of the server loads here
+
+    p = sub.add_parser("serve", help="run NVIDIA Triton Inference Server over an export (image bytes in, labels "
+                       "out); needs mmadapter[server]")
+    add_serve_arguments(p)
     return parser
 
 

@@ -36,12 +36,14 @@ No torch or open_clip here: the serving runtime imports this module.
 
 from __future__ import annotations
 
+import io
 import re
 import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -168,18 +170,31 @@ def open_image(path: str | Path, short_side: int | None = None) -> Image.Image:
         raise ImageReadError(path, "not found" if not path.exists() else "not a file")
     try:
         with open(path, "rb") as fh:
-            with _OPEN_LOCK, warnings.catch_warnings():
-                # Above PIL's warning threshold our own (lower) cap refuses the image; the warning
-                # would only add a stray stderr line.
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                img = Image.open(fh)
-            problem = size_problem(img.width, img.height, short_side)
-            if problem is not None:
-                raise ImageReadError(path, problem)
-            img.load()  # the full decode: truncated or corrupt data fails here, not later
-            if getattr(img, "n_frames", 1) > 1:
-                img = img.copy()  # the first frame, detached from the file and the plugin's frame state
-            return _to_eight_bit(img)
+            return _decode(fh, path, short_side)
+    except OSError as exc:
+        raise ImageReadError(path, first_line(exc)) from None
+
+
+def decode_image(data: bytes, short_side: int | None = None, name: str = "<image bytes>") -> Image.Image:
+    """:func:`open_image` for an encoded image held in memory (an inference server's request), with
+    the same checks and mode policy; ``name`` stands for the file in the error."""
+    return _decode(io.BytesIO(bytes(data)), Path(name), short_side)
+
+
+def _decode(fh: BinaryIO, path: Path, short_side: int | None) -> Image.Image:
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            # Above PIL's warning threshold our own (lower) cap refuses the image; the warning
+            # would only add a stray stderr line.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fh)
+        problem = size_problem(img.width, img.height, short_side)
+        if problem is not None:
+            raise ImageReadError(path, problem)
+        img.load()  # the full decode: truncated or corrupt data fails here, not later
+        if getattr(img, "n_frames", 1) > 1:
+            img = img.copy()  # the first frame, detached from the file and the plugin's frame state
+        return _to_eight_bit(img)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as exc:
@@ -213,6 +228,7 @@ __all__ = [
     "MAX_RESIZED_PIXELS",
     "ImageReadError",
     "ImageSkip",
+    "decode_image",
     "is_image_file",
     "list_images",
     "open_image",
