@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mmadapter import interrupts
 from mmadapter.errors import ExportError, MMAdapterError
 from mmadapter.export import onnx_io
 from mmadapter.export.defaults import DEFAULT_MAX_CLASSES, DEFAULT_PROVIDERS
@@ -194,17 +195,22 @@ def export_checkpoint(
     bar = tqdm(total=steps, desc="export", unit="step", disable=None if progress else True, file=sys.stderr,
                leave=False)
     try:  # the bar is cleared before any error is printed, so the error is the only line left
-        # Leaving the stack without an error swaps each folder into place (the repository first).
-        with contextlib.ExitStack() as stack:
-            temps = [stack.enter_context(owned_folder(d, overwrite=overwrite, protected=inputs)) for d in dests]
-            try:
-                manifest, reports, tensorrt_error = _export(
-                    checkpoint, temps[0], temps[1] if serving_repo is not None else None, bar, fp16=fp16,
-                    int8=int8, openvino=openvino, bf16=bf16, calibration=calibration, opset=opset, validate=validate,
-                    tensorrt=tensorrt, profile=profile, max_classes=max_classes, providers=providers)
-            except OSError as exc:
-                raise write_error(dests[0], exc) from None
-            bar.set_postfix_str("move into place")
+        # Leaving the stack without an error swaps each folder into place (the repository first). The swaps
+        # run as one commit (`committing`, entered once the work is done, left after both): a signal is
+        # either before it (nothing is put in place) or waits until both folders are.
+        with contextlib.ExitStack() as commit:
+            with contextlib.ExitStack() as stack:
+                temps = [stack.enter_context(owned_folder(d, overwrite=overwrite, protected=inputs)) for d in dests]
+                try:
+                    manifest, reports, tensorrt_error = _export(
+                        checkpoint, temps[0], temps[1] if serving_repo is not None else None, bar, fp16=fp16,
+                        int8=int8, openvino=openvino, bf16=bf16, calibration=calibration, opset=opset,
+                        validate=validate, tensorrt=tensorrt, profile=profile, max_classes=max_classes,
+                        providers=providers)
+                except OSError as exc:
+                    raise write_error(dests[0], exc) from None
+                bar.set_postfix_str("move into place")
+                commit.enter_context(interrupts.committing())
         bar.update()
     finally:
         bar.close()
@@ -223,6 +229,7 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
     from mmadapter.runtime.preprocess import Preprocessing
 
     adapter, meta, clip, bank = _load(checkpoint, bar)
+    interrupts.check()
     context_length = int(getattr(clip.tokenizer, "context_length", 77))
     tokenizer_fields = write_tokenizer(tmp, clip.tokenizer)  # serving tokenizes new label sets without torch
     specs = build_specs(clip.model, adapter, bank, meta.logit_scale, clip.image_size, context_length)
@@ -236,6 +243,7 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
         bar.set_postfix_str(f"export {spec.name}")
         graphs[spec.name] = _export_graph(spec, tmp, opset, fp16=fp16, int8=int8, calibration=calibration,
                                           openvino=openvino)
+        interrupts.check()  # torch.export may have caught a signal's exception and gone on: stop now
         bar.update(1 + int(fp16) + int(int8))
     reports: list[dict[str, Any]] = []
     open_reports: list[dict[str, Any]] = []
@@ -243,6 +251,7 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
         bar.set_postfix_str("validate")
         reports, open_reports = _validate(specs, graphs, tmp, tokenizer_fields, clip, adapter, bank, meta,
                                           providers, calibration, bf16_record is not None and bf16_record.measured)
+        interrupts.check()
         bar.update()
     tensorrt_error = tensorrt_section = None
     if tensorrt:

@@ -7,6 +7,8 @@ the command's own inputs, and yields a temporary sibling to build in. When the b
 temporary folder is swapped in with renames, after checking again that nobody changed the
 destination meanwhile; on any exit (error, Ctrl-C, SIGTERM raised as an exception) the temporary
 folder, the lock file and any parent folders made here are removed and the destination is as it was.
+A SIGINT or SIGTERM recorded during the block stops the swap even if the block's code caught its
+exception, and the renames of the swap run with those signals held back (``interrupts.committing``).
 
 "Ours" is decided by a marker file that the command writes: either the marker proves the whole
 folder ours (``Owner.whole``), or it lists the files we wrote and only those may be replaced. A
@@ -28,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmadapter import interrupts
 from mmadapter.errors import MMAdapterError
 from mmadapter.files import (
     atomic_write_text,
@@ -335,12 +338,16 @@ def owned_folder(dest: Destination, *, overwrite: bool, protected: Sequence[tupl
             raise write_error(dest, exc) from None
         yield target
         if not in_place:
-            try:
-                if dest.owner.write_marker is not None:
-                    dest.owner.write_marker(target)
-                _swap(target, dest, overwrite, identity)
-            except OSError as exc:
-                raise write_error(dest, exc) from None
+            # A signal whose exception the block's code caught stops the run here: nothing is swapped in.
+            with interrupts.committing():
+                try:
+                    if dest.owner.write_marker is not None:
+                        dest.owner.write_marker(target)
+                    _swap(target, dest, overwrite, identity)
+                except OSError as exc:
+                    raise write_error(dest, exc) from None
+        else:
+            interrupts.check()
     finally:
         if not in_place:
             shutil.rmtree(dest.tmp, ignore_errors=True)

@@ -124,10 +124,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mmadapter.runtime.ranking import collect_images, count_skipped, format_predictions, parse_class_list
+    from mmadapter.runtime.ranking import (
+        collect_images,
+        count_skipped,
+        format_json_lines,
+        format_predictions,
+        parse_class_list,
+    )
 
     if (args.checkpoint is None) == (args.onnx is None):
         raise UsageError("give exactly one of --checkpoint CKPT or --onnx DIR")
+    if args.onnx is not None and args.device != "cpu":
+        # Silently running on the CPU would answer a question that was not asked.
+        raise UsageError(f"--device {args.device} applies to --checkpoint; --onnx runs on ONNX Runtime's providers "
+                         "(the CUDA provider is used when onnxruntime-gpu is installed), so leave --device out")
     if args.checkpoint is not None:
         from mmadapter.model.checkpoint import read_metadata
 
@@ -158,7 +168,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         results = predict_images(args.checkpoint, images, args.top_k, classes, device=args.device,
                                  strict=args.strict)
-    print(format_predictions(results))
+    print(format_json_lines(results) if args.format == "json" else format_predictions(results))
     skipped = count_skipped(results)
     if skipped:
         print(f"warning: {skipped} of {len(results)} images skipped (unreadable, corrupt or too large; "
@@ -342,6 +352,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--engine", choices=("onnxruntime", "openvino"), default="onnxruntime",
                    help="what runs --onnx's graphs (openvino needs export --openvino and mmadapter[openvino])")
     p.add_argument("--openvino-device", default="CPU", help="OpenVINO device: CPU, GPU, NPU, AUTO, GPU.1, ...")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text (default): one line per image for people, names escaped; json: JSON Lines, one "
+                   "object per image (path, top: [{label, probability}] or skipped: reason) for programs")
     p.add_argument("--strict", action="store_true",
                    help="an unreadable, corrupt or oversized image is an error (default: skipped and counted)")
     p.add_argument("--verbose", action="store_true",

@@ -4,7 +4,10 @@
   ``OSError``, safetensors' and PIL's own errors, ONNX Runtime rejecting an input, a bad argument)
   is ONE line ``error: ...`` on stderr and exit status 2, never a traceback;
 - Ctrl-C exits 130 and SIGTERM 143, after the command's own cleanup ran (both arrive as exceptions
-  derived from ``BaseException``, so every ``try/finally`` and ``except BaseException`` cleans up);
+  derived from ``BaseException``, so every ``try/finally`` and ``except BaseException`` cleans up).
+  Signals are recorded as well as raised (:mod:`mmadapter.interrupts`): a command that returns after a
+  library swallowed the exception still ends with 130/143, and finished work is put in place only if no
+  signal came;
 - anything else is a bug of ours: one line naming it, exit status 1 (``MMADAPTER_DEBUG=1`` shows
   the traceback).
 
@@ -19,13 +22,13 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from types import FrameType
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from mmadapter import interrupts
 from mmadapter.errors import MMAdapterError
 from mmadapter.files import first_line
+from mmadapter.interrupts import Terminated
 
 EXIT_OK = 0
 EXIT_INTERNAL_ERROR = 1
@@ -36,10 +39,6 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 class UsageError(MMAdapterError):
     """A command line argparse could not parse, or an argument value out of range."""
-
-
-class Terminated(BaseException):  # noqa: N818 - named like KeyboardInterrupt, its sibling
-    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -62,23 +61,6 @@ def _is_user_fault(exc: BaseException) -> bool:
             or module.startswith("onnxruntime") or isinstance(exc, MemoryError))
 
 
-@contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """While a command runs, SIGTERM raises :class:`Terminated` in the main thread (cleanup runs)."""
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise Terminated()
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (a test harness): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _one_line_warnings(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                        file: Any = None, line: str | None = None) -> None:
     print(f"warning: {first_line(Exception(str(message)))}", file=file or sys.stderr)
@@ -95,13 +77,20 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     if quiet_logs:
         logging.disable(logging.CRITICAL)
     try:
-        with _sigterm_raises():
+        with interrupts.raising():
             try:
                 args = parser.parse_args(argv)
             except SystemExit as exc:  # --help / --version printed their text
                 return exc.code if isinstance(exc.code, int) else EXIT_OK
             func: Callable[[argparse.Namespace], int] = args.func
-            return func(args)
+            code = func(args)
+            interrupts.check()  # a signal whose exception something along the way caught and went on from
+            late = interrupts.too_late()
+            if late is not None:
+                what = "interrupted" if late == signal.SIGINT else "terminated"
+                print(f"warning: {what} while the finished result was put in place; it is complete and was kept",
+                      file=sys.stderr)
+            return code
     except BrokenPipeError:  # `mmadapter predict ... | head`: the reader chose to stop reading
         return EXIT_OK
     except (MMAdapterError, OSError) as exc:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from mmadapter.errors import ConfigError
 from mmadapter.files import atomic_path, first_line, sha256_file
 from mmadapter.model.config import CLIP_CONFIG_DIR, ClipSpec
-from mmadapter.runtime.labels import format_prompt
+from mmadapter.runtime.labels import check_distinct_tokens, format_prompt
 
 _registered = False
 
@@ -90,6 +90,8 @@ class FrozenClip:
             raise ConfigError("the class list is empty")
         if not templates:
             raise ConfigError("no prompt templates given")
+        # Names that the text encoder cannot tell apart once their prompts are cut at its context length.
+        check_distinct_tokens(lambda prompts: self.tokenizer(prompts).cpu().numpy(), class_names, templates)
         per_template = [self.encode_texts([format_prompt(t, c) for c in class_names]) for t in templates]
         return F.normalize(torch.stack(per_template).mean(dim=0), dim=-1)
 

@@ -17,7 +17,7 @@ from mmadapter.errors import CheckpointError, DataError
 from mmadapter.model.backbone import load_clip
 from mmadapter.model.checkpoint import load_checkpoint
 from mmadapter.runtime.images import ImageSkip, read_images
-from mmadapter.runtime.labels import check_class_names
+from mmadapter.runtime.labels import check_class_names, name_list
 from mmadapter.runtime.ranking import (
     Prediction,
     Result,
@@ -29,6 +29,7 @@ from mmadapter.runtime.ranking import (
     parse_class_list,
     rank,
 )
+from mmadapter.runtime.session import check_batch_size
 
 
 def predict_images(
@@ -45,8 +46,8 @@ def predict_images(
     a DataError instead); if none can be read, a DataError naming the first."""
     if top_k < 1:
         raise DataError(f"top-k must be at least 1, got {top_k}")
-    if batch_size < 1:
-        raise DataError(f"batch size must be at least 1, got {batch_size}")
+    batch_size = check_batch_size(batch_size)
+    class_names = name_list(class_names)
     adapter, meta = load_checkpoint(checkpoint, backend="torch")
     clip = load_clip(meta.clip, device)
     if clip.embed_dim != adapter.config.embed_dim:

@@ -8,7 +8,9 @@ own mode: converting RGBA or palette images to RGB *before* the resize (as the l
 gives other pixels than open_clip's conversion after the crop (PIL resizes RGBA with premultiplied
 alpha and palette images with nearest-neighbour).
 
-What the loader decides, for every path alike:
+What the loader decides, for every path alike (:func:`open_image` for files; :func:`prepare_image`,
+which it calls, for a PIL image made or opened in memory, so that the API's in-memory images get the
+same pixels as the same picture from a file):
 
 - Size caps, checked from the header before anything is decoded: at most :data:`MAX_PIXELS` pixels,
   and a long side at most :data:`MAX_ASPECT_RATIO` times the short one (resizing the short side to the
@@ -70,6 +72,7 @@ _WITH_ALPHA = {"PA": "RGBA", "RGBa": "RGBA", "La": "LA"}
 # warnings.catch_warnings() swaps process-wide state; one lock keeps this module's own threads from
 # restoring each other's filters out of order (only the header read is under it).
 _OPEN_LOCK = threading.Lock()
+_FILE_OBJECT = re.compile(r"<_io\.\w+ name=.*?>")
 
 
 class ImageReadError(DataError):
@@ -160,6 +163,38 @@ def _to_eight_bit(img: Image.Image) -> Image.Image:
     return img.convert(_WITH_ALPHA.get(mode, "RGB"))
 
 
+def prepare_image(img: Image.Image, name: str | Path, short_side: int | None = None) -> Image.Image:
+    """One opened PIL image (from a file or made in memory) checked, fully decoded (first frame) and
+    in the loader's mode policy: the one pixel path, so that a picture in memory gives the pixels it
+    gives from a file. ``name`` names it in errors (a path, or e.g. ``image 3``). The caller's image
+    is never changed. Raises :class:`ImageReadError`."""
+    try:
+        problem = size_problem(img.width, img.height, short_side)
+        if problem is not None:
+            raise ImageReadError(name, problem)
+        img.load()  # the full decode: truncated or corrupt data fails here, not later
+        if getattr(img, "n_frames", 1) > 1 or img.mode == "P":
+            # The first frame, detached from the file and the plugin's frame state; a palette image is
+            # copied because _to_eight_bit edits its info (the caller's object stays as it was).
+            img = img.copy()
+        return _to_eight_bit(img)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(name, _bomb_reason(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - PIL's plugins raise OSError, SyntaxError, ValueError,
+        # struct.error, EOFError, IndexError, ... for hostile files; all mean "not a usable image".
+        raise ImageReadError(name, _reason(exc)) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The error's first line without the repr of the file object PIL read from
+    (``<_io.BufferedReader name='x.png'>``): the path is named by the caller already."""
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not an image in a format PIL can read"
+    return _FILE_OBJECT.sub("the file", first_line(exc))
+
+
 def open_image(path: str | Path, short_side: int | None = None) -> Image.Image:
     """Open, check and fully decode one image file (first frame), in the loader's mode policy.
 
@@ -171,8 +206,8 @@ def open_image(path: str | Path, short_side: int | None = None) -> Image.Image:
     try:
         with open(path, "rb") as fh:
             return _decode(fh, path, short_side)
-    except OSError as exc:
-        raise ImageReadError(path, first_line(exc)) from None
+    except OSError as exc:  # opening the file itself; what PIL raises is handled in _decode
+        raise ImageReadError(path, _reason(exc)) from None
 
 
 def decode_image(data: bytes, short_side: int | None = None, name: str = "<image bytes>") -> Image.Image:
@@ -188,20 +223,13 @@ def _decode(fh: BinaryIO, path: Path, short_side: int | None) -> Image.Image:
             # would only add a stray stderr line.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(fh)
-        problem = size_problem(img.width, img.height, short_side)
-        if problem is not None:
-            raise ImageReadError(path, problem)
-        img.load()  # the full decode: truncated or corrupt data fails here, not later
-        if getattr(img, "n_frames", 1) > 1:
-            img = img.copy()  # the first frame, detached from the file and the plugin's frame state
-        return _to_eight_bit(img)
+        return prepare_image(img, path, short_side)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageReadError(path, _bomb_reason(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - PIL's plugins raise OSError, SyntaxError, ValueError,
-        # struct.error, EOFError, IndexError, ... for hostile files; all mean "not a usable image".
-        raise ImageReadError(path, first_line(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - as in prepare_image: PIL's many errors for hostile files
+        raise ImageReadError(path, _reason(exc)) from None
 
 
 def read_images(
@@ -232,6 +260,7 @@ __all__ = [
     "is_image_file",
     "list_images",
     "open_image",
+    "prepare_image",
     "read_images",
     "resized_size",
     "size_problem",

@@ -14,9 +14,10 @@ from mmadapter.files import first_line
 from mmadapter.runtime.engines import open_session
 from mmadapter.runtime.engines.onnxruntime import PROVIDER_ORDER, resolve_providers
 from mmadapter.runtime.graphs import IMAGE_CLASSIFIER, LOGITS, PIXELS
+from mmadapter.runtime.labels import name_list
 from mmadapter.runtime.manifest import read_manifest, verified_file
 from mmadapter.runtime.preprocess import Preprocessing, preprocess_batch
-from mmadapter.runtime.session import Session
+from mmadapter.runtime.session import Session, check_batch_size
 
 # The engines an export folder's manifest names files for; TensorRT engines are served by Triton
 # (export --serving-repo), not from here.
@@ -134,6 +135,7 @@ class ExportedModel:
                               f"[batch, 3, {size[0]}, {size[1]}]")
 
     def classify_pixels(self, pixels: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
+        batch_size = check_batch_size(batch_size)
         try:
             pixels = np.asarray(pixels, dtype=np.float32)
         except (TypeError, ValueError) as exc:
@@ -164,8 +166,8 @@ def classify_images(
 
     if top_k < 1:
         raise DataError(f"top_k must be at least 1, got {top_k}")
-    if batch_size < 1:
-        raise DataError(f"batch size must be at least 1, got {batch_size}")
+    batch_size = check_batch_size(batch_size)
+    class_names = name_list(class_names)
     model = ExportedModel(onnx_dir, providers, precision, engine=engine, device=device)
     if class_names is not None or templates is not None:  # the label set's problems before any image is read
         model.open_vocabulary.bank(class_names if class_names is not None else model.class_names, templates)

@@ -45,7 +45,7 @@ from mmadapter.runtime.graphs import (  # noqa: F401 - CLIP_IMAGE_EMBEDDING, TEX
     TEXT_GRAPHS,
     VALUES,
 )
-from mmadapter.runtime.labels import check_class_names, check_template, format_prompt
+from mmadapter.runtime.labels import check_class_names, check_distinct_tokens, check_template, format_prompt, name_list
 
 GraphRunner = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
 CACHE_ENV = "MMADAPTER_BANK_CACHE"  # a folder; empty string: no bank cache
@@ -243,6 +243,7 @@ class OpenVocabulary:
         names, temps = check_label_set(class_names, templates if templates is not None else self.templates)
         key = (names, temps)
         if key not in self._banks:
+            check_distinct_tokens(self.tokenizer, names, temps)
             self._banks[key] = cached_bank(self.cache, self.export_hash, self.precision, names, temps, self.width,
                                            lambda: build_bank(self.tokenizer, self.run, names, temps))
         return self._banks[key]
@@ -255,6 +256,10 @@ def classify(model: Any, images: Any, class_names: Sequence[str] | None, templat
              batch_size: int = 32) -> Classification:
     """``ExportedModel.classify``: the folded classifier for the exported label set (no tokenizer
     needed), else the open-vocabulary path. Non-finite logits are an ExportError."""
+    from mmadapter.runtime.session import check_batch_size
+
+    batch_size = check_batch_size(batch_size)  # before any image is read
+    class_names, templates = name_list(class_names), name_list(templates, "template list")
     names, logits = scores(model, model_pixels(model, images), class_names, templates, batch_size)
     if not np.isfinite(logits).all():
         raise ExportError(f"{model.folder}: non-finite logits for image {int(np.argmin(np.isfinite(logits).all(-1)))} "
@@ -281,17 +286,29 @@ def scores(model: Any, pixels: np.ndarray, class_names: Sequence[str] | None, te
 
 
 def model_pixels(model: Any, images: Any) -> np.ndarray:
-    """Preprocessed pixels [B, 3, H, W] from an array (taken as is), or from file paths and PIL images
-    (read by the project's one loader, an unreadable file a DataError naming it)."""
-    from mmadapter.runtime.images import open_image
+    """Preprocessed pixels [B, 3, H, W] from an array (taken as already preprocessed), or from file paths
+    and PIL images. Both go through the project's one loader (``images.prepare_image``: size caps, first
+    frame, the mode policy), so a picture in memory gives the pixels it gives from a file; an unusable
+    one is a DataError naming it (its path, or ``image N`` for one made in memory)."""
+    from PIL import Image
+
+    from mmadapter.runtime.images import open_image, prepare_image
     from mmadapter.runtime.preprocess import preprocess_batch
 
     if isinstance(images, np.ndarray):
         return images
-    if isinstance(images, (str, Path)) or hasattr(images, "size") and hasattr(images, "mode"):
+    if isinstance(images, (str, Path, Image.Image)):
         images = [images]
     short_side = max(model.preprocessing.image_size)
-    loaded = [open_image(x, short_side) if isinstance(x, (str, Path)) else x for x in images]
+    loaded = []
+    for i, x in enumerate(images):
+        if isinstance(x, (str, Path)):
+            loaded.append(open_image(x, short_side))
+        elif isinstance(x, Image.Image):
+            loaded.append(prepare_image(x, f"image {i}", short_side))
+        else:
+            raise DataError(f"image {i} is a {type(x).__name__}; give file paths or PIL images (or one preprocessed "
+                            "float array [batch, 3, H, W])")
     if not loaded:
         raise DataError("no images given")
     return preprocess_batch(loaded, model.preprocessing)

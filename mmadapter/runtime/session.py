@@ -18,6 +18,14 @@ from mmadapter.errors import DataError, ExportError
 from mmadapter.runtime.engines import NUMPY_DTYPES, EngineSession, open_session
 
 
+def check_batch_size(batch_size: object) -> int:
+    """``batch_size`` as a whole number >= 1, else a DataError: a batch of 0 rows would run nothing and
+    return empty results that look like an answer."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise DataError(f"batch size must be a whole number >= 1, got {batch_size!r}")
+    return int(batch_size)
+
+
 class Session:
     """Checked, batched runs of one graph on one engine session.
 
@@ -82,6 +90,7 @@ class Session:
 
     def run(self, feeds: dict[str, np.ndarray], batch_size: int = 64) -> dict[str, np.ndarray]:
         """Outputs by name; inputs with a batch axis are processed ``batch_size`` rows at a time."""
+        batch_size = check_batch_size(batch_size)
         if isinstance(feeds, dict) and any(getattr(feeds.get(n), "shape", (1,))[:1] == (0,)
                                            for n in self.batch_inputs):
             raise DataError("nothing to run: the batch is empty")
@@ -91,7 +100,7 @@ class Session:
             raise DataError(f"{self.path.name}: inputs {self.batch_inputs} have different batch sizes {sorted(sizes)}")
         total = sizes.pop() if sizes else 1
         chunks: list[list[np.ndarray]] = []
-        for start in range(0, total, max(1, batch_size)):
+        for start in range(0, total, batch_size):
             part = {n: (v[start:start + batch_size] if n in self.batch_inputs else v) for n, v in feeds.items()}
             chunks.append(self.graph.run(self.output_names, part))  # engines raise one-line errors themselves
         return {name: np.concatenate([c[i] for c in chunks]) for i, name in enumerate(self.output_names)}
