@@ -162,6 +162,7 @@ def export_checkpoint(
     fp16: bool = False,
     int8: bool = False,
     openvino: bool = False,
+    ort_mobile: bool = False,
     calibration: str | Path | None = None,
     opset: int = onnx_io.DEFAULT_OPSET,
     validate: bool = True,
@@ -196,7 +197,8 @@ def export_checkpoint(
             try:
                 manifest, reports, tensorrt_error = _export(
                     checkpoint, temps[0], temps[1] if serving_repo is not None else None, bar, fp16=fp16,
-                    int8=int8, openvino=openvino, calibration=calibration, opset=opset, validate=validate,
+                    int8=int8, openvino=openvino, ort_mobile=ort_mobile, calibration=calibration, opset=opset,
+                    validate=validate,
                     tensorrt=tensorrt, profile=profile, max_classes=max_classes, providers=providers)
             except OSError as exc:
                 raise write_error(dests[0], exc) from None
@@ -209,7 +211,7 @@ def export_checkpoint(
 
 
 def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp16: bool, int8: bool,
-            openvino: bool, calibration: Path | None, opset: int,
+            openvino: bool, ort_mobile: bool, calibration: Path | None, opset: int,
             validate: bool, tensorrt: bool, profile: BatchProfile, max_classes: int,
             providers: Sequence[str] | None) -> tuple[Manifest, list[dict[str, Any]], str | None]:
     """Every file of the export into ``tmp`` (and the repository into ``repo_tmp``)."""
@@ -232,6 +234,11 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
         graphs[spec.name] = _export_graph(spec, tmp, opset, fp16=fp16, int8=int8, calibration=calibration,
                                           openvino=openvino)
         bar.update(1 + int(fp16) + int(int8))
+    if ort_mobile:
+        from mmadapter.export.ort_mobile import write_ort_mobile
+
+        bar.set_postfix_str("ort mobile")
+        graphs = write_ort_mobile(tmp, graphs)
     reports: list[dict[str, Any]] = []
     open_reports: list[dict[str, Any]] = []
     if validate:
@@ -361,12 +368,14 @@ def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, b
         for precision, files in graphs[spec.name].files.items():
             for kind, name in files.items():
                 factory = _opener(kind, precision, chosen)
-                if precision == "int8" and kind != "ort" and held_out:  # calibrated: see validate_static
+                if precision == "int8" and kind not in ("ort", "ort_mobile") and held_out:  # calibrated: see below
                     report = validate_static(validate_graph, folder / name, spec, cases[spec.name], held_out[0],
                                              factory)
                 else:
                     extra = held_out if precision == "int8" and spec.int8_scopes else []
                     report = validate_graph(folder / name, spec, cases[spec.name] + extra, precision, factory)
+                if kind == "ort_mobile":  # the same graph in another format: held to its source too
+                    report.failures.extend(_against_source(folder, files, cases[spec.name], factory, precision))
                 # TensorRT's ONNX parser knows the standard domain only: contrib ops there are a failure.
                 if kind == "portable":
                     foreign = sorted({f"{d}.{op}" for d, op in onnx_io.op_types(folder / name) if d != "ai.onnx"})
@@ -374,6 +383,15 @@ def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, b
                         report.failures.append(f"{name}: non-standard ops {foreign} in the portable graph")
                 reports.append(report.to_dict())
     return reports
+
+
+def _against_source(folder: Path, files: GraphFiles, cases: Sequence[Any], factory: Callable[[Path], Any],
+                    precision: str) -> list[str]:
+    from mmadapter.export.ort_mobile import compare_to_source
+
+    failures, _ = compare_to_source(folder / files.ort_mobile, folder / files.ort, [c.inputs for c in cases], factory,
+                                    precision)
+    return failures
 
 
 def _validate_open_vocabulary(graphs, folder, tokenizer_fields, clip, adapter, meta, providers):

@@ -238,6 +238,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    "calibration images also a calibrated Q/DQ int8 graph")
     p.add_argument("--openvino", action="store_true", help="also write OpenVINO IR files (with --int8: the "
                    "calibrated int8 image classifier; needs mmadapter[openvino])")
+    p.add_argument("--ort-mobile", action="store_true", help="also write each ONNX Runtime graph in its mobile .ort "
+                   "format and the reduced-operator config for a minimal ONNX Runtime build (validated)")
     p.add_argument("--calibration", type=Path, default=None, help="folder of real images to calibrate int8 with "
                    "(default: the checkpoint's training images when reachable)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
@@ -279,6 +281,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         ort_web_files(args.ort_web)
     result = export_checkpoint(
         args.checkpoint, args.out, fp16=args.fp16, int8=args.int8, openvino=args.openvino,
+        ort_mobile=args.ort_mobile,
         calibration=args.calibration, opset=args.opset, validate=args.validate,
         overwrite=args.overwrite, tensorrt=args.tensorrt, profile=profile, max_classes=args.max_classes,
         serving_repo=args.serving_repo, providers=args.providers, progress=not args.quiet,
