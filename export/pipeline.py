@@ -163,6 +163,7 @@ def export_checkpoint(
     int8: bool = False,
     openvino: bool = False,
     ort_mobile: bool = False,
+    executorch: bool = False,
     calibration: str | Path | None = None,
     opset: int = onnx_io.DEFAULT_OPSET,
     validate: bool = True,
@@ -179,6 +180,10 @@ def export_checkpoint(
     from tqdm import tqdm
 
     profile = check_export_arguments(opset=opset, profile=profile, max_classes=max_classes, providers=providers)
+    if executorch:  # before anything is loaded: the extra is missing, one line
+        from mmadapter.export.executorch import require_executorch
+
+        require_executorch()
     checkpoint = Path(checkpoint)
     dests = check_destinations(checkpoint, out_dir, serving_repo, overwrite)
     inputs = _inputs(checkpoint)
@@ -197,7 +202,8 @@ def export_checkpoint(
             try:
                 manifest, reports, tensorrt_error = _export(
                     checkpoint, temps[0], temps[1] if serving_repo is not None else None, bar, fp16=fp16,
-                    int8=int8, openvino=openvino, ort_mobile=ort_mobile, calibration=calibration, opset=opset,
+                    int8=int8, openvino=openvino, ort_mobile=ort_mobile, executorch=executorch,
+                    calibration=calibration, opset=opset,
                     validate=validate,
                     tensorrt=tensorrt, profile=profile, max_classes=max_classes, providers=providers)
             except OSError as exc:
@@ -211,7 +217,7 @@ def export_checkpoint(
 
 
 def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp16: bool, int8: bool,
-            openvino: bool, ort_mobile: bool, calibration: Path | None, opset: int,
+            openvino: bool, ort_mobile: bool, executorch: bool, calibration: Path | None, opset: int,
             validate: bool, tensorrt: bool, profile: BatchProfile, max_classes: int,
             providers: Sequence[str] | None) -> tuple[Manifest, list[dict[str, Any]], str | None]:
     """Every file of the export into ``tmp`` (and the repository into ``repo_tmp``)."""
@@ -239,6 +245,11 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
 
         bar.set_postfix_str("ort mobile")
         graphs = write_ort_mobile(tmp, graphs)
+    if executorch:
+        from mmadapter.export.executorch import write_programs
+
+        bar.set_postfix_str("executorch")
+        graphs = write_programs(specs, tmp, graphs, max_classes)
     reports: list[dict[str, Any]] = []
     open_reports: list[dict[str, Any]] = []
     if validate:
@@ -256,7 +267,8 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
             tensorrt_section = _build_engines(tmp, graphs, profile, max_classes, len(bank.class_names), fp16)
         bar.update()
     files = {name: file_entry(tmp, name) for name in sorted(os.listdir(tmp))
-             if (tmp / name).is_file() and (name == tokenizer_fields.file or not name.endswith(".json"))}
+             if (tmp / name).is_file() and (name == tokenizer_fields.file or name.endswith(".pte.json")
+                                            or not name.endswith(".json"))}
     validation = Validation(validate, all(r["passed"] for r in reports) if validate else None,
                             tuple(map(Report.from_dict, reports)),
                             tuple(map(Report.from_dict, open_reports)) if validate else None)
@@ -351,6 +363,8 @@ def _opener(kind: str, precision: str, providers: list[str]) -> Callable[[Path],
 
     if kind == "openvino":
         return functools.partial(open_session, engine="openvino", precision=precision)
+    if kind == "executorch":
+        return functools.partial(open_session, engine="executorch", precision=precision)
     return functools.partial(open_session, engine="onnxruntime", precision=precision, providers=providers)
 
 
