@@ -165,6 +165,8 @@ def export_checkpoint(
     int8: bool = False,
     openvino: bool = False,
     bf16: bool = False,
+    ort_mobile: bool = False,
+    executorch: bool = False,
     calibration: str | Path | None = None,
     opset: int = onnx_io.DEFAULT_OPSET,
     validate: bool = True,
@@ -181,6 +183,10 @@ def export_checkpoint(
     from tqdm import tqdm
 
     profile = check_export_arguments(opset=opset, profile=profile, max_classes=max_classes, providers=providers)
+    if executorch:  # before anything is loaded: the extra is missing, one line
+        from mmadapter.export.executorch import require_executorch
+
+        require_executorch()
     checkpoint = Path(checkpoint)
     if bf16 and not openvino:
         raise ExportError("--bf16 is OpenVINO's precision (the fp32 IR computed in bfloat16): add --openvino")
@@ -204,9 +210,9 @@ def export_checkpoint(
                 try:
                     manifest, reports, tensorrt_error = _export(
                         checkpoint, temps[0], temps[1] if serving_repo is not None else None, bar, fp16=fp16,
-                        int8=int8, openvino=openvino, bf16=bf16, calibration=calibration, opset=opset,
-                        validate=validate, tensorrt=tensorrt, profile=profile, max_classes=max_classes,
-                        providers=providers)
+                        int8=int8, openvino=openvino, bf16=bf16, ort_mobile=ort_mobile, executorch=executorch,
+                        calibration=calibration, opset=opset, validate=validate, tensorrt=tensorrt,
+                        profile=profile, max_classes=max_classes, providers=providers)
                 except OSError as exc:
                     raise write_error(dests[0], exc) from None
                 bar.set_postfix_str("move into place")
@@ -219,7 +225,8 @@ def export_checkpoint(
 
 
 def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp16: bool, int8: bool,
-            openvino: bool, bf16: bool, calibration: Path | None, opset: int,
+            openvino: bool, bf16: bool, ort_mobile: bool, executorch: bool, calibration: Path | None,
+            opset: int,
             validate: bool, tensorrt: bool, profile: BatchProfile, max_classes: int,
             providers: Sequence[str] | None) -> tuple[Manifest, list[dict[str, Any]], str | None]:
     """Every file of the export into ``tmp`` (and the repository into ``repo_tmp``)."""
@@ -245,6 +252,16 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
                                           openvino=openvino)
         interrupts.check()  # torch.export may have caught a signal's exception and gone on: stop now
         bar.update(1 + int(fp16) + int(int8))
+    if ort_mobile:
+        from mmadapter.export.ort_mobile import write_ort_mobile
+
+        bar.set_postfix_str("ort mobile")
+        graphs = write_ort_mobile(tmp, graphs)
+    if executorch:
+        from mmadapter.export.executorch import write_programs
+
+        bar.set_postfix_str("executorch")
+        graphs = write_programs(specs, tmp, graphs, max_classes)
     reports: list[dict[str, Any]] = []
     open_reports: list[dict[str, Any]] = []
     if validate:
@@ -263,7 +280,8 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
             tensorrt_section = _build_engines(tmp, graphs, profile, max_classes, len(bank.class_names), fp16)
         bar.update()
     files = {name: file_entry(tmp, name) for name in sorted(os.listdir(tmp))
-             if (tmp / name).is_file() and (name == tokenizer_fields.file or not name.endswith(".json"))}
+             if (tmp / name).is_file() and (name == tokenizer_fields.file or name.endswith(".pte.json")
+                                            or not name.endswith(".json"))}
     validation = Validation(validate, all(r["passed"] for r in reports) if validate else None,
                             tuple(map(Report.from_dict, reports)),
                             tuple(map(Report.from_dict, open_reports)) if validate else None)
@@ -365,6 +383,8 @@ def _opener(kind: str, precision: str, providers: list[str]) -> Callable[[Path],
 
     if kind == "openvino":
         return functools.partial(open_session, engine="openvino", precision=precision)
+    if kind == "executorch":
+        return functools.partial(open_session, engine="executorch", precision=precision)
     return functools.partial(open_session, engine="onnxruntime", precision=precision, providers=providers)
 
 
@@ -382,12 +402,14 @@ def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, b
         for precision, files in graphs[spec.name].files.items():
             for kind, name in files.items():
                 factory = _opener(kind, precision, chosen)
-                if precision == "int8" and kind != "ort" and held_out:  # calibrated: see validate_static
+                if precision == "int8" and kind not in ("ort", "ort_mobile") and held_out:  # calibrated: see below
                     report = validate_static(validate_graph, folder / name, spec, cases[spec.name], held_out[0],
                                              factory)
                 else:
                     extra = held_out if precision == "int8" and spec.int8_scopes else []
                     report = validate_graph(folder / name, spec, cases[spec.name] + extra, precision, factory)
+                if kind == "ort_mobile":  # the same graph in another format: held to its source too
+                    report.failures.extend(_against_source(folder, files, cases[spec.name], factory, precision))
                 # TensorRT's ONNX parser knows the standard domain only: contrib ops there are a failure.
                 if kind == "portable":
                     foreign = sorted({f"{d}.{op}" for d, op in onnx_io.op_types(folder / name) if d != "ai.onnx"})
@@ -399,6 +421,15 @@ def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, b
             report = validate_graph(folder / ir, spec, cases[spec.name], "bf16", _opener("openvino", "bf16", chosen))
             reports.append(report.to_dict())
     return reports
+
+
+def _against_source(folder: Path, files: GraphFiles, cases: Sequence[Any], factory: Callable[[Path], Any],
+                    precision: str) -> list[str]:
+    from mmadapter.export.ort_mobile import compare_to_source
+
+    failures, _ = compare_to_source(folder / files.ort_mobile, folder / files.ort, [c.inputs for c in cases], factory,
+                                    precision)
+    return failures
 
 
 def _validate_open_vocabulary(graphs, folder, tokenizer_fields, clip, adapter, meta, providers):

@@ -139,7 +139,7 @@ def test_open_session_refuses_what_it_does_not_know(tmp_path: Path, kwargs: dict
         open_session(tmp_path / "absent.onnx", **kwargs)  # refused before any file or library is touched
     message = str(info.value)
     assert "\n" not in message and all(w in message for w in words), message
-    assert set(ENGINES) == {"onnxruntime", "openvino", "tensorrt"}
+    assert set(ENGINES) == {"onnxruntime", "openvino", "tensorrt", "executorch"}
 
 
 def test_engine_modules_import_without_engine_libraries_or_torch() -> None:

@@ -160,7 +160,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.verbose:
             extra["on_sessions"] = show_sessions
         if args.engine != "onnxruntime":
-            extra.update(engine=args.engine, device=args.openvino_device)
+            extra.update(engine=args.engine, device=args.openvino_device if args.engine == "openvino" else None)
         results = classify_images(args.onnx, images, args.top_k, precision=args.precision, strict=args.strict,
                                   **extra)
     else:
@@ -252,6 +252,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16", action="store_true", help="with --openvino: also offer bf16, the fp32 IR computed in "
                    "bfloat16 (validated at fp16's thresholds where the CPU has AVX512_BF16 or AMX; recorded as not "
                    "measured elsewhere, where OpenVINO computes f32)")
+    p.add_argument("--ort-mobile", action="store_true", help="also write each ONNX Runtime graph in its mobile .ort "
+                   "format and the reduced-operator config for a minimal ONNX Runtime build (validated)")
+    p.add_argument("--executorch", action="store_true", help="also write ExecuTorch .pte programs lowered to "
+                   "XNNPACK (fp32; validated with ExecuTorch's runtime; needs mmadapter[mobile])")
     p.add_argument("--calibration", type=Path, default=None, help="folder of real images to calibrate int8 with "
                    "(default: the checkpoint's training images when reachable)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
@@ -293,6 +297,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         ort_web_files(args.ort_web)
     result = export_checkpoint(
         args.checkpoint, args.out, fp16=args.fp16, int8=args.int8, openvino=args.openvino, bf16=args.bf16,
+        ort_mobile=args.ort_mobile, executorch=args.executorch,
         calibration=args.calibration, opset=args.opset, validate=args.validate,
         overwrite=args.overwrite, tensorrt=args.tensorrt, profile=profile, max_classes=args.max_classes,
         serving_repo=args.serving_repo, providers=args.providers, progress=not args.quiet,
@@ -349,8 +354,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "fp16", "int8", "bf16"), default="fp32",
                    help="which exported graphs --onnx serves (fp16/int8 need export --fp16/--int8; bf16: the fp32 "
                    "IR computed in bfloat16 by OpenVINO, needs export --openvino --bf16 and --engine openvino)")
-    p.add_argument("--engine", choices=("onnxruntime", "openvino"), default="onnxruntime",
-                   help="what runs --onnx's graphs (openvino needs export --openvino and mmadapter[openvino])")
+    p.add_argument("--engine", choices=("onnxruntime", "openvino", "executorch"), default="onnxruntime",
+                   help="what runs --onnx's graphs (openvino needs export --openvino and mmadapter[openvino]; "
+                   "executorch: the .pte programs of export --executorch, needs mmadapter[mobile])")
     p.add_argument("--openvino-device", default="CPU", help="OpenVINO device: CPU, GPU, NPU, AUTO, GPU.1, ...")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="text (default): one line per image for people, names escaped; json: JSON Lines, one "

@@ -39,7 +39,11 @@ FORMAT_NAME = "mmadapter-onnx-export"
 FORMAT_VERSION = 2
 HASH_FIELD = "manifest_sha256"
 PRECISIONS = ("fp32", "fp16", "int8")
-FILE_KINDS = ("portable", "ort", "openvino")  # openvino: an IR .xml, its weights in the .bin of the same name
+# openvino: an IR .xml, its weights in the .bin of the same name; ort_mobile: ONNX Runtime's .ort format (for
+# its mobile and minimal builds); executorch: an ExecuTorch .pte program (XNNPACK delegate).
+FILE_KINDS = ("portable", "ort", "openvino", "ort_mobile", "executorch")
+# Kinds whose file names must end so: the runtimes pick their loader by the suffix.
+KIND_SUFFIX = {"openvino": ".xml", "ort_mobile": ".ort", "executorch": ".pte"}
 TENSOR_DTYPES = ("float32", "float16", "int64", "int32")
 MAX_REPORTED = 6
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -49,7 +53,7 @@ def package_versions() -> dict[str, str]:
     """Versions of the packages that made (or must read) the files; "absent" where not installed."""
     out = {}
     for dist in ("mmadapter", "torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "open_clip_torch",
-                 "tensorrt", "tokenizers", "ftfy", "openvino", "nncf"):
+                 "tensorrt", "tokenizers", "ftfy", "openvino", "nncf", "executorch"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -130,6 +134,8 @@ class GraphFiles(_Record):
     portable: str | None = None  # standard ONNX ops only: TensorRT, Triton, the browser
     ort: str | None = None  # ONNX Runtime's fused graph
     openvino: str | None = None  # IR .xml (its .bin beside it)
+    ort_mobile: str | None = None  # .ort: the ort graph in ONNX Runtime's mobile format
+    executorch: str | None = None  # .pte: ExecuTorch program lowered to XNNPACK
 
     def get(self, kind: str) -> str | None:
         """The file of ``kind``; an unknown kind is a ValueError, so a misspelt one is not 'absent'."""
@@ -154,6 +160,8 @@ class GraphEntry(_Record):
     ort_fusions: Mapping[str, int] | None = None  # ONNX Runtime fusion counts, for the record
     int8_matmuls: int | None = None  # dynamic int8: MatMuls quantized
     int8_static_ops: int | None = None  # calibrated Q/DQ int8: ops quantized
+    # ExecuTorch plans its memory for bounded shapes: the largest size of each dynamic axis its .pte takes.
+    executorch_max: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -492,6 +500,8 @@ def _parse_graph_files(c: _Checker, entry: Any, where: str, files: Mapping[str, 
                 c.fail(f"{at}.{kind}", f"{file} is not listed under files")
             elif kind == "openvino" and (not file.endswith(".xml") or file[:-4] + ".bin" not in files):
                 c.fail(f"{at}.{kind}", f"{file} is not an OpenVINO .xml with its .bin listed under files")
+            elif kind in KIND_SUFFIX and not file.endswith(KIND_SUFFIX[kind]):
+                c.fail(f"{at}.{kind}", f"{file} does not end in {KIND_SUFFIX[kind]}")
         out[precision] = GraphFiles(**{k: v for k, v in kinds.items() if k in FILE_KINDS})
     return out
 
@@ -520,10 +530,11 @@ def _parse_graph(c: _Checker, name: str, entry: Any, files: Mapping[str, Any]) -
     fusions = _int_map(c, entry, "ort_fusions", where)
     matmuls = c.get(entry, "int8_matmuls", where, int, required=False)
     static_ops = c.get(entry, "int8_static_ops", where, int, required=False)
+    executorch_max = _int_map(c, entry, "executorch_max", where)
     if c.problems:
         return None  # the manifest is refused anyway; nothing below needs this entry
     return GraphEntry(batchable, tuple(batch_inputs), GraphIO(inputs, outputs), by_precision, description, fusions,
-                      matmuls, static_ops)
+                      matmuls, static_ops, executorch_max)
 
 
 def _classifier_dims(c: _Checker, graphs: dict[str, Any], num_classes: int | None,

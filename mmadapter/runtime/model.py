@@ -21,7 +21,7 @@ from mmadapter.runtime.session import Session, check_batch_size
 
 # The engines an export folder's manifest names files for; TensorRT engines are served by Triton
 # (export --serving-repo), not from here.
-SERVED_ENGINES = ("onnxruntime", "openvino")
+SERVED_ENGINES = ("onnxruntime", "openvino", "executorch")  # executorch: .pte programs, for checking
 
 
 class ExportedModel:
@@ -59,6 +59,12 @@ class ExportedModel:
             from mmadapter.runtime.engines.openvino import verified_ir
 
             return verified_ir(self.folder, self.manifest, files, graph, precision)
+        if self.engine == "executorch":
+            if files.executorch is None:
+                raise ExportError(f"{self.folder} has no {precision} ExecuTorch program for {graph} (export with "
+                                  "--executorch)")
+            verified_file(self.folder, self.manifest, files.executorch + ".json")  # its tensor names
+            return verified_file(self.folder, self.manifest, files.executorch)
         # TensorRT's parser takes standard ONNX ops only; other providers get the fused graph.
         kind = "portable" if provider == PROVIDER_ORDER[0] else "ort"
         if files.get(kind) is None:
@@ -82,7 +88,8 @@ class ExportedModel:
         if key not in self._sessions:
             on_ort = self.engine == "onnxruntime"
             path = self.graph_file(graph, resolve_providers(self.providers)[0] if on_ort else None, key[1])
-            where = {"providers": self.providers} if on_ort else {"device": self.device}
+            where = ({"providers": self.providers} if on_ort else {"device": self.device} if self.engine == "openvino"
+                     else {})
             graph_session = open_session(path, engine=self.engine, precision=key[1], threads=self.intra_op_threads,
                                          **where)
             session = Session(graph_session, batch_axis_inputs=self.manifest.graphs[graph].batch_inputs)

@@ -8,7 +8,7 @@ any engine unchanged. Each engine also says what it really executes (``describe(
 and the precision it runs, read back from the engine where the engine reports it.
 
 The engine modules are imported only by :func:`open_session`, so importing this package needs none of
-onnxruntime, openvino or tensorrt.
+onnxruntime, openvino, tensorrt or executorch.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import numpy as np
 
 from mmadapter.errors import ExportError
 
-ENGINES = ("onnxruntime", "openvino", "tensorrt")
+ENGINES = ("onnxruntime", "openvino", "tensorrt", "executorch")
 # The precisions each engine can be asked for. ONNX Runtime and TensorRT run the graph or engine as it was
 # built; OpenVINO also takes bf16 by name (never by default): it computes an fp32 IR in bfloat16.
 PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "openvino": ("fp32", "int8", "bf16"),
-              "tensorrt": ("fp32", "fp16", "int8")}
+              "tensorrt": ("fp32", "fp16", "int8"), "executorch": ("fp32",)}
 # Tensor element types as ONNX Runtime names them, the vocabulary of ``Port.type``.
 NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
                 "tensor(int32)": np.int32, "tensor(double)": np.float64}
@@ -89,6 +89,10 @@ def open_session(path: str | Path, *, engine: str = "onnxruntime", precision: st
         from mmadapter.runtime.engines.openvino import CompiledGraph
 
         return CompiledGraph(path, precision, device, threads)
+    if engine == "executorch":  # the one engine that brings torch: executorch.runtime imports it
+        from mmadapter.runtime.engines.executorch import PteProgram
+
+        return PteProgram(path, precision, threads)
     if engine == "tensorrt":
         from mmadapter.runtime.engines.tensorrt import TrtEngine
 

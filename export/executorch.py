@@ -1,0 +1,107 @@
+"""ExecuTorch programs (``export --executorch``): each graph spec's torch module through ``torch.export``,
+lowered to the XNNPACK delegate and serialized as a ``.pte`` program, with the sidecar that names its
+tensors (a ``.pte`` knows its inputs by position only).
+
+Dynamic axes stay dynamic, but ExecuTorch plans memory for the largest shape up front, so every axis gets
+an upper bound (:data:`MAX_BATCH` for request batches, ``--max-classes`` for class banks), recorded in the
+manifest (``executorch_max``) and the sidecar; the runtime's session splits larger batches.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mmadapter.errors import ExportError
+from mmadapter.runtime.graphs import NUM_CLASSES
+
+MISSING = ("--executorch needs ExecuTorch: pip install 'mmadapter[mobile]' (executorch, with torch "
+           "{torch})")
+# The largest request batch a program takes: memory is planned for it (predict's default batch size).
+MAX_BATCH = 32
+
+
+def require_executorch() -> None:
+    """One ExportError line when the ``mobile`` extra is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("executorch") is None:
+        import torch
+
+        raise ExportError(MISSING.format(torch=torch.__version__.split("+")[0]))
+
+
+def pte_name(graph: str, precision: str) -> str:
+    return f"{graph}.pte" if precision == "fp32" else f"{graph}.{precision}.pte"
+
+
+def sidecar(pte: str) -> str:
+    """The JSON beside a program naming its inputs and outputs, e.g. ``image_classifier.pte.json``."""
+    return f"{pte}.json"
+
+
+def axis_bounds(spec: Any, max_classes: int) -> dict[str, int]:
+    """The upper bound of every dynamic axis of the spec's inputs."""
+    return {axis: max_classes if axis == NUM_CLASSES else MAX_BATCH for axis in sorted(spec.axis_names())}
+
+
+def _dynamic_shapes(spec: Any, bounds: dict[str, int]) -> tuple[dict[int, Any], ...]:
+    import torch
+
+    dims = {axis: torch.export.Dim(axis, min=1, max=bound) for axis, bound in bounds.items()}
+    return tuple({i: dims[s] for i, s in enumerate(t.shape) if s in dims} for t in spec.inputs)
+
+
+def lower(spec: Any, bounds: dict[str, int]) -> Any:
+    """The spec's module as an ExecuTorch program lowered to XNNPACK (fp32)."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    # Traced at batch 2 and 3 classes: torch.export would specialize an axis traced at 1. A bound of 1 is a
+    # fixed axis (no Dim), which the engine runs a row at a time.
+    sizes = {axis: min(2, bound) if axis != NUM_CLASSES else min(3, bound) for axis, bound in bounds.items()}
+    dynamic = {axis: bound for axis, bound in bounds.items() if bound > 1}
+    with torch.no_grad():
+        program = torch.export.export(spec.module.eval(), spec.sample_inputs(sizes),
+                                      dynamic_shapes=_dynamic_shapes(spec, dynamic))
+    return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+
+
+def write_program(spec: Any, folder: Path, precision: str, max_classes: int) -> tuple[str, dict[str, int]]:
+    """``<graph>.pte`` and its sidecar in ``folder``; returns the program's name and its axis bounds."""
+    bounds = axis_bounds(spec, max_classes)
+    try:
+        try:
+            program = lower(spec, bounds)
+        except Exception as exc:  # noqa: BLE001 - retried below, or reported
+            # XNNPACK reshapes take one dynamic dimension: adapter_head's [batch, classes] gets a fixed batch.
+            if "only supports 1 dynamic dimension" not in str(exc) or NUM_CLASSES not in bounds:
+                raise
+            bounds = {axis: bound if axis == NUM_CLASSES else 1 for axis, bound in bounds.items()}
+            program = lower(spec, bounds)
+    except Exception as exc:  # noqa: BLE001 - torch.export and ExecuTorch raise many types; one line names the graph
+        from mmadapter.files import first_line
+
+        raise ExportError(f"--executorch: {spec.name} could not be lowered to XNNPACK: {first_line(exc)}") from None
+    name = pte_name(spec.name, precision)
+    (folder / name).write_bytes(program.buffer)
+    io = {kind: [t.to_dict() for t in tensors] for kind, tensors in (("inputs", spec.inputs),
+                                                                      ("outputs", spec.outputs))}
+    (folder / sidecar(name)).write_text(json.dumps({**io, "max": bounds, "precision": precision}, indent=1) + "\n")
+    return name, bounds
+
+
+def write_programs(specs: Any, folder: Path, graphs: dict[str, Any], max_classes: int) -> dict[str, Any]:
+    """The fp32 program of every graph; returns the manifest entries with their ``executorch`` files and
+    bounds added."""
+    from dataclasses import replace
+
+    out = dict(graphs)
+    for spec in specs:
+        name, bounds = write_program(spec, folder, "fp32", max_classes)
+        entry = out[spec.name]
+        files = {**entry.files, "fp32": replace(entry.files["fp32"], executorch=name)}
+        out[spec.name] = replace(entry, files=files, executorch_max=bounds)
+    return out

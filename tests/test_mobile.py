@@ -1,0 +1,162 @@
+"""Phones: ``export --ort-mobile`` (ONNX Runtime's .ort format and its reduced-operator config) and
+``export --executorch`` (ExecuTorch programs lowered to XNNPACK) with the ``executorch`` engine, on the tiny
+random model. The ExecuTorch tests skip when the ``mobile`` extra is not installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from mmadapter.export import onnx_io
+from mmadapter.export.ort_mobile import CONFIG, SOURCE_ATOL, compare_to_source, config_operators
+from mmadapter.runtime.engines import open_session
+from mmadapter.runtime.manifest import read_manifest, sha256_file
+
+from export_fixtures import make_checkpoint
+
+# Contrib ops ONNX Runtime's CPU fusions put into a graph; the standard ones must all come from the sources.
+ORT_FUSED_OPS = {"BiasGelu", "DynamicQuantizeMatMul", "FusedMatMul", "SkipLayerNormalization", "Attention",
+                 "MultiHeadAttention", "QuickGelu", "Gelu", "FastGelu", "BiasSoftmax", "MatMulIntegerToFloat"}
+
+
+HAS_EXECUTORCH = importlib.util.find_spec("executorch") is not None
+needs_executorch = pytest.mark.skipif(not HAS_EXECUTORCH, reason="ExecuTorch (the mobile extra) is not installed")
+
+
+@pytest.fixture(scope="module")
+def ort_mobile_export(tmp_path_factory):
+    """One export for every test here (the lowering dominates): .ort files, and .pte programs when ExecuTorch
+    is installed; a small --max-classes keeps the planned memory small."""
+    from mmadapter.export.pipeline import export_checkpoint
+
+    root = tmp_path_factory.mktemp("ort_mobile")
+    ckpt, clip, adapter, meta = make_checkpoint(root)
+    return export_checkpoint(ckpt, root / "out", int8=True, ort_mobile=True, executorch=HAS_EXECUTORCH,
+                             max_classes=64, progress=False)
+
+
+def test_every_served_graph_has_an_ort_file_listed_with_its_hash(ort_mobile_export):
+    folder, manifest = ort_mobile_export.out_dir, read_manifest(ort_mobile_export.out_dir)
+    for graph, entry in manifest.graphs.items():
+        for precision, files in entry.files.items():
+            if files.ort is None:
+                continue
+            assert files.ort_mobile is not None and files.ort_mobile.endswith(".ort"), (graph, precision)
+            assert manifest.files[files.ort_mobile].sha256 == sha256_file(folder / files.ort_mobile)
+    assert manifest.graphs["image_classifier"].files["int8"].ort_mobile == "image_classifier.int8.ort"
+    assert manifest.files[CONFIG].sha256 == sha256_file(folder / CONFIG)
+
+
+def test_ort_files_passed_validation_against_torch(ort_mobile_export):
+    reports = [r for r in ort_mobile_export.validation if r["file"].endswith(".ort")]
+    assert len(reports) == 5  # four graphs in fp32, the image classifier in int8
+    assert all(r["passed"] for r in reports), [r["failures"] for r in reports]
+
+
+def test_ort_files_load_and_agree_with_their_onnx_sources(ort_mobile_export):
+    folder, manifest = ort_mobile_export.out_dir, read_manifest(ort_mobile_export.out_dir)
+    entry = manifest.graphs["image_classifier"]
+    pixels = np.random.default_rng(1).standard_normal((3, 3, *manifest.preprocessing.image_size)).astype(np.float32)
+    for precision in ("fp32", "int8"):
+        files = entry.files[precision]
+        failures, worst = compare_to_source(folder / files.ort_mobile, folder / files.ort, [{"pixels": pixels}],
+                                            lambda p: open_session(p, providers=["cpu"]), precision)
+        assert not failures and worst <= SOURCE_ATOL[precision]
+    assert SOURCE_ATOL["fp32"] == 1e-5
+
+
+def test_reduced_operator_config_lists_only_operators_the_graphs_use(ort_mobile_export):
+    folder = ort_mobile_export.out_dir
+    used = {op for name in folder.glob("*.ort.onnx") for domain, op in onnx_io.op_types(name) if domain == "ai.onnx"}
+    ops = config_operators(folder / CONFIG)
+    assert ops["ai.onnx"] and ops["ai.onnx"] <= used
+    assert set(ops) <= {"ai.onnx", "com.microsoft"} and ops.get("com.microsoft", set()) <= ORT_FUSED_OPS
+    assert str(folder.parent) not in (folder / CONFIG).read_text()  # no path of the machine that exported
+
+
+def test_manifest_refuses_an_ort_mobile_file_of_another_format(ort_mobile_export):
+    from mmadapter.runtime.manifest import check_manifest
+
+    data = json.loads((ort_mobile_export.out_dir / "manifest.json").read_text())
+    data["graphs"]["text_encoder"]["files"]["fp32"]["ort_mobile"] = "text_encoder.ort.onnx"
+    assert any("does not end in .ort" in p for p in check_manifest(data))
+
+
+def test_cli_names_the_flag():
+    from mmadapter.cli.commands import build_export_parser
+
+    args = build_export_parser().parse_args(["--checkpoint", "c", "--out", "o", "--ort-mobile"])
+    assert args.ort_mobile
+
+
+
+# ExecuTorch ---------------------------------------------------------------------------------------------------
+
+@needs_executorch
+def test_programs_are_validated_against_torch_at_every_batch_size(ort_mobile_export):
+    reports = {r["file"]: r for r in ort_mobile_export.validation if r["file"].endswith(".pte")}
+    assert set(reports) == {"image_classifier.pte", "text_encoder.pte", "class_bank.pte", "adapter_head.pte"}
+    for report in reports.values():
+        assert report["passed"], report["failures"]
+        assert report["batch_sizes"] == [1, 3, 17] and report["thresholds"]["cosine"] == 0.99999
+
+
+@needs_executorch
+def test_programs_are_hashed_with_their_sidecars_and_bounds(ort_mobile_export):
+    folder, manifest = ort_mobile_export.out_dir, read_manifest(ort_mobile_export.out_dir)
+    for graph, entry in manifest.graphs.items():
+        name = entry.files["fp32"].executorch
+        assert name == f"{graph}.pte"
+        for listed in (name, name + ".json"):
+            assert manifest.files[listed].sha256 == sha256_file(folder / listed)
+    assert manifest.graphs["image_classifier"].executorch_max == {"batch": 32}
+    assert manifest.graphs["adapter_head"].executorch_max == {"batch": 1, "num_classes": 64}
+
+
+@needs_executorch
+def test_engine_serves_the_folder_like_onnx_runtime(ort_mobile_export):
+    from mmadapter.runtime.model import ExportedModel
+
+    folder = ort_mobile_export.out_dir
+    model = ExportedModel(folder, engine="executorch")
+    size = model.preprocessing.image_size
+    pixels = np.random.default_rng(2).standard_normal((40, 3, *size)).astype(np.float32)  # > the bound of 32
+    got = model.classify_pixels(pixels, batch_size=40)["logits"]
+    want = ExportedModel(folder).classify_pixels(pixels)["logits"]
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+    names = ["cat", "dog", "car"]  # open vocabulary: tokenizer -> text_encoder -> class_bank -> adapter_head
+    a = model.classify(pixels[:5], class_names=names)
+    b = ExportedModel(folder).classify(pixels[:5], class_names=names)
+    assert np.abs(a.logits - b.logits).max() <= 1e-4 * max(1.0, float(np.abs(b.logits).max()))
+    assert set(model.session_runs().values()) == {"ExecuTorch:XNNPACK (program precision fp32)"}
+
+
+@needs_executorch
+def test_cli_predicts_with_the_executorch_engine(ort_mobile_export, tmp_path):
+    from PIL import Image
+
+    from mmadapter.cli import main
+
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (80, 90, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", "--onnx", str(ort_mobile_export.out_dir), "--engine", "executorch", str(image)]) == 0
+
+
+def test_missing_extra_is_one_line(monkeypatch, capsys):
+    """Without executorch: export --executorch and the engine each say so in one line, naming the extra."""
+    import mmadapter.export.executorch as et_export
+    import mmadapter.runtime.engines.executorch as et_engine
+    from mmadapter.errors import ExportError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "executorch" else real(name, *a))
+    with pytest.raises(ExportError) as info:
+        et_export.require_executorch()
+    assert "\n" not in str(info.value) and "mmadapter[mobile]" in str(info.value)
+    with pytest.raises(ExportError) as info:
+        open_session("image_classifier.pte", engine="executorch")
+    assert "\n" not in str(info.value) and "mmadapter[mobile]" in str(info.value)
+    assert et_engine.executorch_unavailable_reason() == et_engine.MISSING
