@@ -155,12 +155,20 @@ def test_new_label_set_per_request(server: Server, exported: ExportBundle) -> No
     check_same(names, probs, expected(exported, images, NEW_LABELS))
 
 
+def still_correct(client, exported: ExportBundle) -> None:
+    """After a refused request, the next good one is answered, and answered right."""
+    good = [png_bytes(99)]
+    names, probs, _ = infer(client, good)
+    check_same(names, probs, expected(exported, good))
+
+
 @needs_server
 @pytest.mark.parametrize(("images", "labels", "words"), [
     ([b"not an image"], None, "cannot read image"),
     ([b"\x89PNG\r\n\x1a\n" + b"\0" * 64], None, "cannot read image"),
     ([png_bytes(1)], ("dog", "dog"), "twice"),
     ([png_bytes(1)], tuple(f"class {i}" for i in range(1001)), "at most 1000"),
+    ([png_bytes(1)], tuple(f"class {i}" for i in range(10_000)), "10000 labels; at most 1000"),
 ])
 def test_bad_requests_are_errors_and_the_server_goes_on(server: Server, exported: ExportBundle, images, labels,
                                                          words) -> None:
@@ -169,20 +177,49 @@ def test_bad_requests_are_errors_and_the_server_goes_on(server: Server, exported
     client = server.client()
     with pytest.raises(InferenceServerException, match=words):
         infer(client, images, labels)
-    good = [png_bytes(99)]
-    names, probs, _ = infer(client, good)
-    check_same(names, probs, expected(exported, good))
+    still_correct(client, exported)
+
+
+def _tensor(name: str, value: np.ndarray, datatype: str):
+    import tritonclient.http as http
+
+    tensor = http.InferInput(name, list(value.shape), datatype)
+    tensor.set_data_from_numpy(value)
+    return tensor
+
+
+# Requests a well-behaved client would not send, built when the test runs (one holds 20 MB). Each is
+# (inputs, requested outputs, words of the error). The dtype, empty-batch and output-name checks are
+# Triton's own; the oversized image reaches the model, which refuses it.
+MALFORMED = {
+    "image_as_fp32": lambda: ([_tensor("IMAGE", np.zeros((1, 1), np.float32), "FP32")], None,
+                              "data-type is 'FP32', but model 'mmadapter' expects 'BYTES'"),
+    "image_as_int32": lambda: ([_tensor("IMAGE", np.zeros((1, 1), np.int32), "INT32")], None,
+                               "data-type is 'INT32', but model 'mmadapter' expects 'BYTES'"),
+    # Refused by Triton's front end (it counts the BYTES elements) before the model's own "holds no image".
+    "empty_batch": lambda: ([_tensor("IMAGE", np.empty((0, 1), dtype=object), "BYTES")], None,
+                            "string elements for inference input 'IMAGE'.*got 0"),
+    # Over the model's 16 MB per image: the server's HTTP front end must pass it on, not drop the connection.
+    "image_of_20_mb": lambda: ([_tensor("IMAGE", np.array([[b"\x89PNG" + b"\0" * (20 << 20)]], dtype=object),
+                                        "BYTES")], None, "over the 16777216-byte limit"),
+    "unknown_output": lambda: ([_tensor("IMAGE", np.array([[png_bytes(3)]], dtype=object), "BYTES")],
+                               ["NO_SUCH_OUTPUT"], "NO_SUCH_OUTPUT"),
+}
 
 
 @needs_server
-def test_unknown_output_name_is_an_error(server: Server) -> None:
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_requests_are_errors_and_the_server_goes_on(server: Server, exported: ExportBundle,
+                                                              case: str) -> None:
     import tritonclient.http as http
     from tritonclient.utils import InferenceServerException
 
-    image = http.InferInput("IMAGE", [1, 1], "BYTES")
-    image.set_data_from_numpy(np.array([[png_bytes(3)]], dtype=object))
-    with pytest.raises(InferenceServerException):
-        server.client().infer("mmadapter", [image], outputs=[http.InferRequestedOutput("NO_SUCH_OUTPUT")])
+    inputs, outputs, words = MALFORMED[case]()
+    requested = [http.InferRequestedOutput(name) for name in outputs] if outputs else None
+    client = server.client()
+    with pytest.raises(InferenceServerException, match=words):
+        client.infer("mmadapter", inputs, outputs=requested)
+    still_correct(client, exported)
 
 
 @needs_server
