@@ -213,3 +213,13 @@ def test_json_lines_name_skipped_images(exported: ExportBundle, work: dict[str, 
     skipped = [r for r in records if "skipped" in r]
     assert [Path(r["path"]).name for r in skipped] == ["broken.png"] and "top" not in skipped[0]
     assert len(records) == len(list(work["images"].iterdir()))
+
+
+def test_bytes_that_are_no_image_are_named_not_shown_as_a_python_object() -> None:
+    """An inference server's request body: the error names the input, never ``<_io.BytesIO object at ...>``."""
+    from mmadapter.runtime.images import ImageReadError, decode_image
+
+    for data in (b"not an image", b"\x89PNG\r\n\x1a\n" + b"0" * 40, b"GIF89a" + b"\0" * 20):
+        with pytest.raises(ImageReadError) as info:
+            decode_image(data, 224, "IMAGE[0]")
+        assert "IMAGE[0]" in str(info.value) and "<_io" not in str(info.value) and "\n" not in str(info.value)

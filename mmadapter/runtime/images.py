@@ -72,7 +72,7 @@ _WITH_ALPHA = {"PA": "RGBA", "RGBa": "RGBA", "La": "LA"}
 # warnings.catch_warnings() swaps process-wide state; one lock keeps this module's own threads from
 # restoring each other's filters out of order (only the header read is under it).
 _OPEN_LOCK = threading.Lock()
-_FILE_OBJECT = re.compile(r"<_io\.\w+ name=.*?>")
+_FILE_OBJECT = re.compile(r"<_io\.\w+ (?:name=.*?|object at 0x[0-9a-f]+)>")
 
 
 class ImageReadError(DataError):
