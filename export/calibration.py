@@ -174,9 +174,10 @@ def holdout_case(clip: Any, adapter: Any, bank: Any, logit_scale: float, pixels:
 
 
 def calibration_folder_for(*, int8: bool, openvino: bool, calibration: str | Path | None,
-                           checkpoint: str | Path) -> Path | None:
+                           checkpoint: str | Path, executorch: bool = False) -> Path | None:
     """The folder the export calibrates with, checked before any model is loaded: ``--calibration`` or the
-    checkpoint's training images. Needed for OpenVINO int8 (one ExportError line without it); for ONNX
+    checkpoint's training images. Needed for OpenVINO int8 and ExecuTorch int8 (one ExportError line without
+    it: neither has a dynamic int8 to fall back on); for ONNX
     Runtime alone it adds the static Q/DQ graph when images are there and otherwise leaves the dynamic int8
     graph on its own. ``--calibration`` without ``--int8`` is refused (it would do nothing)."""
     if openvino:
@@ -189,7 +190,7 @@ def calibration_folder_for(*, int8: bool, openvino: bool, calibration: str | Pat
         if calibration is not None:
             raise ExportError("--calibration calibrates int8 graphs: add --int8")
         return None
-    if calibration is not None or openvino:
+    if calibration is not None or openvino or executorch:
         return resolve_calibration_folder(calibration, checkpoint)
     from mmadapter.model.checkpoint import read_metadata
 

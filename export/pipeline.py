@@ -194,7 +194,8 @@ def export_checkpoint(
     inputs = _inputs(checkpoint)
     from mmadapter.export.calibration import calibration_folder_for
 
-    calibration = calibration_folder_for(int8=int8, openvino=openvino, calibration=calibration, checkpoint=checkpoint)
+    calibration = calibration_folder_for(int8=int8, openvino=openvino, calibration=calibration, checkpoint=checkpoint,
+                                         executorch=executorch)
     precisions = ["fp32"] + ["fp16"] * fp16 + ["int8"] * int8
     steps = 2 + 4 * len(precisions) + int(validate) + int(tensorrt) + int(serving_repo is not None) + 1
     # disable=None: no bar when stderr is not a terminal (logs, pipes), so errors stay one line there.
@@ -261,7 +262,7 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
         from mmadapter.export.executorch import write_programs
 
         bar.set_postfix_str("executorch")
-        graphs = write_programs(specs, tmp, graphs, max_classes)
+        graphs = write_programs(specs, tmp, graphs, max_classes, calibration if int8 else None)
     reports: list[dict[str, Any]] = []
     open_reports: list[dict[str, Any]] = []
     if validate:

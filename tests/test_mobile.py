@@ -29,13 +29,16 @@ needs_executorch = pytest.mark.skipif(not HAS_EXECUTORCH, reason="ExecuTorch (th
 @pytest.fixture(scope="module")
 def ort_mobile_export(tmp_path_factory):
     """One export for every test here (the lowering dominates): .ort files, and .pte programs when ExecuTorch
-    is installed; a small --max-classes keeps the planned memory small."""
+    is installed (int8 calibrated on the digits, real images); a small --max-classes keeps the planned memory
+    small."""
+    from mmadapter.data.digits import write_digits_folder
     from mmadapter.export.pipeline import export_checkpoint
 
     root = tmp_path_factory.mktemp("ort_mobile")
     ckpt, clip, adapter, meta = make_checkpoint(root)
+    digits = write_digits_folder(root / "digits", per_class=4)
     return export_checkpoint(ckpt, root / "out", int8=True, ort_mobile=True, executorch=HAS_EXECUTORCH,
-                             max_classes=64, progress=False)
+                             calibration=digits, max_classes=64, progress=False)
 
 
 def test_every_served_graph_has_an_ort_file_listed_with_its_hash(ort_mobile_export):
@@ -97,11 +100,52 @@ def test_cli_names_the_flag():
 
 @needs_executorch
 def test_programs_are_validated_against_torch_at_every_batch_size(ort_mobile_export):
-    reports = {r["file"]: r for r in ort_mobile_export.validation if r["file"].endswith(".pte")}
+    reports = {r["file"]: r for r in ort_mobile_export.validation
+               if r["file"].endswith(".pte") and r["precision"] == "fp32"}
     assert set(reports) == {"image_classifier.pte", "text_encoder.pte", "class_bank.pte", "adapter_head.pte"}
     for report in reports.values():
         assert report["passed"], report["failures"]
         assert report["batch_sizes"] == [1, 3, 17] and report["thresholds"]["cosine"] == 0.99999
+
+
+@needs_executorch
+def test_int8_program_is_calibrated_and_held_to_int8_rules_on_held_out_images(ort_mobile_export):
+    """The int8 image classifier: PT2E int8 calibrated on the digits, validated by ExecuTorch's runtime at
+    int8's thresholds on the held-out digits (cosine, top-1) and on the synthetic images (top-1)."""
+    from mmadapter.export.validate import COSINE_MIN
+
+    folder, manifest = ort_mobile_export.out_dir, read_manifest(ort_mobile_export.out_dir)
+    (report,) = [r for r in ort_mobile_export.validation if r["file"] == "image_classifier.int8.pte"]
+    assert report["passed"] and report["calibrated"], report["failures"]
+    assert report["thresholds"]["cosine"] == COSINE_MIN["int8"] == 0.999
+    assert manifest.calibration["holdout_images"] >= 1
+    assert manifest.graphs["image_classifier"].files["int8"].executorch == "image_classifier.int8.pte"
+    assert all(e.files.get("int8") is None for g, e in manifest.graphs.items() if g != "image_classifier")
+    assert manifest.files["image_classifier.int8.pte"].sha256 == sha256_file(folder / "image_classifier.int8.pte")
+    fp32 = (folder / "image_classifier.pte").stat().st_size
+    assert (folder / "image_classifier.int8.pte").stat().st_size < fp32  # its linears hold int8 weights
+    assert json.loads((folder / "image_classifier.int8.pte.json").read_text())["precision"] == "int8"
+
+
+@needs_executorch
+def test_int8_program_serves_through_the_engine(ort_mobile_export):
+    from mmadapter.runtime.model import ExportedModel
+
+    model = ExportedModel(ort_mobile_export.out_dir, engine="executorch", precision="int8")
+    pixels = np.random.default_rng(4).standard_normal((2, 3, *model.preprocessing.image_size)).astype(np.float32)
+    assert model.classify_pixels(pixels)["logits"].shape == (2, len(model.class_names))
+    assert "ExecuTorch:XNNPACK (program precision int8)" in set(model.session_runs().values())
+
+
+def test_executorch_int8_needs_real_calibration_images(tmp_path):
+    """--executorch --int8 without --calibration or reachable training images: one line, before loading."""
+    from mmadapter.errors import ExportError
+    from mmadapter.export.calibration import calibration_folder_for
+
+    ckpt, *_ = make_checkpoint(tmp_path)
+    with pytest.raises(ExportError, match="real images"):
+        calibration_folder_for(int8=True, openvino=False, calibration=None, checkpoint=ckpt, executorch=True)
+    assert calibration_folder_for(int8=True, openvino=False, calibration=None, checkpoint=ckpt) is None
 
 
 @needs_executorch

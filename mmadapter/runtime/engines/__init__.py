@@ -26,7 +26,7 @@ ENGINES = ("onnxruntime", "openvino", "tensorrt", "executorch")
 # The precisions each engine can be asked for. ONNX Runtime and TensorRT run the graph or engine as it was
 # built; OpenVINO also takes bf16 by name (never by default): it computes an fp32 IR in bfloat16.
 PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "openvino": ("fp32", "int8", "bf16"),
-              "tensorrt": ("fp32", "fp16", "int8"), "executorch": ("fp32",)}
+              "tensorrt": ("fp32", "fp16", "int8"), "executorch": ("fp32", "int8")}
 # Tensor element types as ONNX Runtime names them, the vocabulary of ``Port.type``.
 NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
                 "tensor(int32)": np.int32, "tensor(double)": np.float64}
