@@ -10,7 +10,7 @@ use other digits. XNNPACK runs here with its x86 kernels: phone latency is not m
 Rows: ``torch_eager``; ``ort_int8`` (``export --int8``'s dynamic int8 graph), ``ort_int8_static`` (the
 calibrated Q/DQ graph); ``et_fp32`` and ``et_int8`` (``export --executorch [--int8]``'s programs, run by
 ExecuTorch's Python runtime). Each row has its file size, its ratio to the Q/DQ int8 ONNX graph's size,
-and its batch-1 median relative to the fastest int8 path of the run (the issue's targets: int8 ``.pte``
+and its batch-1 median relative to the fastest int8 path of the run (the targets: int8 ``.pte``
 <= 1.1x the int8 ONNX size; latency within 1.5x of the fastest int8 path).
 """
 

@@ -82,7 +82,7 @@ def check_export_arguments(*, opset: int = onnx_io.DEFAULT_OPSET, profile: Batch
     Raises one ExportError line naming the argument."""
     import warnings
 
-    from mmadapter.runtime.model import resolve_providers
+    from mmadapter.runtime.engines.onnxruntime import resolve_providers
 
     if not _is_int(opset) or opset not in onnx_io.SUPPORTED_OPSETS:
         raise ExportError(f"opset {opset!r} is not supported; choose {onnx_io.MIN_OPSET}-{onnx_io.MAX_OPSET}")
@@ -392,7 +392,7 @@ def _opener(kind: str, precision: str, providers: list[str]) -> Callable[[Path],
 def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, build_cases, validate_graph,
                   calibration=None, bf16=False):
     from mmadapter.export.calibration import holdout_case, validate_static
-    from mmadapter.runtime.model import resolve_providers
+    from mmadapter.runtime.engines.onnxruntime import resolve_providers
 
     chosen = resolve_providers(providers)
     cases = build_cases(specs, clip, adapter, bank, meta.logit_scale, meta.label_set.templates)
@@ -435,7 +435,7 @@ def _against_source(folder: Path, files: GraphFiles, cases: Sequence[Any], facto
 
 def _validate_open_vocabulary(graphs, folder, tokenizer_fields, clip, adapter, meta, providers):
     from mmadapter.export.validate import validate_open_vocabulary
-    from mmadapter.runtime.model import resolve_providers
+    from mmadapter.runtime.engines.onnxruntime import resolve_providers
 
     chosen = resolve_providers(providers)
     # The path runs .ort.onnx files of several precisions (int8 images, fp32 text): each opens at its own.

@@ -241,3 +241,12 @@ def read_sealed_json(path: Path, fmt: str, seal_field: str) -> dict | None:
         return None
     return data if data.get(seal_field) == canonical_sha256(data, seal_field) else None
 
+
+def same_size(path: Path, size: object) -> bool:
+    """Whether ``path`` is a plain file (no link) of ``size`` bytes: a file a listing names is taken for the
+    one written there only while this holds."""
+    try:
+        return not path.is_symlink() and path.is_file() and path.stat().st_size == size
+    except OSError:
+        return False
+

@@ -38,6 +38,7 @@ from mmadapter.files import (
     first_line,
     read_sealed_json,
     remove_stale_temps,
+    same_size,
     temp_name,
 )
 
@@ -116,13 +117,6 @@ def safe_relative(name: object) -> bool:
     """A relative '/'-separated path that stays inside its folder."""
     return (isinstance(name, str) and bool(name) and not name.startswith("/") and "\\" not in name
             and "\0" not in name and all(part not in ("", ".", "..") for part in name.split("/")))
-
-
-def same_size(path: Path, size: object) -> bool:
-    try:
-        return not path.is_symlink() and path.is_file() and path.stat().st_size == size
-    except OSError:
-        return False
 
 
 # Checks -----------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Hostile inputs through the API and the CLI, round two (issue 15): batch sizes, inline class lists of
+"""Hostile inputs through the API and the CLI, second set: batch sizes, inline class lists of
 any length, generators, --device with --onnx, the names of unreadable images, one pixel path for files
 and in-memory images of every PIL mode, class names the text encoder cannot tell apart, byte-order
 marks and control characters, and output that stays one line per image (and JSON Lines for machines).

@@ -97,7 +97,7 @@ def test_attention_rows_and_keys_past_2_31(num_splits: int | None, block_n: int 
 
 @pytest.mark.gpu
 def test_imagenet21k_logits_on_gpu() -> None:
-    """The case of the issue at full size: [100,000 x 21,843] fp32 logits (8.7 GB, 2.2e9 elements), rows
+    """The ImageNet-21k case at full size: [100,000 x 21,843] fp32 logits (8.7 GB, 2.2e9 elements), rows
     past 2^31 elements checked against the torch fast path on those rows."""
     gen = torch.Generator(device="cuda").manual_seed(13)
     batch, n_cls, width, blend = 100_000, 21_843, 512, 0.2

@@ -32,7 +32,7 @@ if not os.access(web.CHROMIUM, os.X_OK):
     pytest.skip(f"no Chromium at {web.CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
 # Reference: mmadapter predict --onnx / ExportedModel on the same fp16 graph; the page differs only by
-# its JS preprocessing and onnxruntime-web's kernels. The bound on probabilities:
+# its JS preprocessing and onnxruntime-web's kernels. The page's bound on probabilities:
 PROB_TOL = 1e-2
 PRINTED_DIGITS = 5e-4  # predict prints probabilities with 3 decimals
 NEW_LABELS = ["zero", "one", "two", "golden retriever"]

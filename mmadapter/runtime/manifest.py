@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from mmadapter.errors import ExportError, MMAdapterError
-from mmadapter.files import atomic_write_text, canonical_sha256, first_line, read_sealed_json, sha256_file
+from mmadapter.files import (
+    atomic_write_text,
+    canonical_sha256,
+    first_line,
+    read_sealed_json,
+    same_size,
+    sha256_file,
+)
 from mmadapter.runtime.graphs import IMAGE_CLASSIFIER, LOGITS, PIXELS
 from mmadapter.runtime.labels import check_class_names, check_template
 from mmadapter.runtime.preprocess import Preprocessing
@@ -849,18 +856,11 @@ def listed_files(folder: Path) -> set[str] | None:
     data = read_sealed_json(Path(folder) / MANIFEST, FORMAT_NAME, HASH_FIELD)
     if data is None:
         return None
-    names = {n for n, entry in data["files"].items() if plain_file_name(n) and _same_size(Path(folder) / n, entry)}
+    names = {n for n, entry in data["files"].items() if plain_file_name(n)
+             and same_size(Path(folder) / n, entry.get("bytes") if isinstance(entry, dict) else None)}
     # TensorRT sidecars (<engine>.json) and the timing cache are written beside the engines.
     names |= {Path(n).with_suffix(".json").name for n in names if n.endswith(".plan")}
     return names | {MANIFEST, "timing.cache"}
-
-
-def _same_size(path: Path, entry: Any) -> bool:
-    size = entry.get("bytes") if isinstance(entry, dict) else None
-    try:
-        return size is None or (not path.is_symlink() and path.stat().st_size == size)
-    except OSError:
-        return False
 
 
 def verified_file(folder: Path, manifest: Manifest, name: str) -> Path:
