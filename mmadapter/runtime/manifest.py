@@ -832,11 +832,6 @@ def check_format(data: Any, path: str | Path) -> None:
                           f"{FORMAT_VERSION} (export the checkpoint again)")
 
 
-def parse_manifest(data: Any, path: Path) -> Manifest:
-    """``data`` (parsed JSON) after the format, schema and hash checks; raises one ExportError line."""
-    return Manifest.from_dict(data, path)
-
-
 def read_manifest(folder: str | Path) -> Manifest:
     """The checked manifest of an export folder; every problem is one ExportError line."""
     folder = Path(folder)
