@@ -25,7 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS_DIR, print_table, pyplot, read_csv, save_figure, summarize, write_csv
+from benchmarks.common import (
+    RESULTS_DIR,
+    print_table,
+    pyplot,
+    random_weights_export,
+    read_csv,
+    save_figure,
+    summarize,
+    write_csv,
+)
 
 NUM_CLASSES = 1000
 TEMPLATE = "a photo of a {}."
@@ -38,22 +47,8 @@ def class_names(prefix: str, n: int) -> list[str]:
 
 
 def make_export(folder: Path, model_name: str) -> Path:
-    import torch
-
-    from mmadapter.export.pipeline import export_checkpoint
-    from mmadapter.model.adapter import MultiModalAdapter
-    from mmadapter.model.backbone import load_clip, save_clip_weights
-    from mmadapter.model.checkpoint import CheckpointMeta, LabelSet, save_checkpoint
-    from mmadapter.model.config import AdapterConfig, ClipSpec
-
-    torch.manual_seed(0)
-    spec = save_clip_weights(load_clip(ClipSpec(model_name)), folder / "clip.safetensors")
-    clip = load_clip(spec)
-    adapter = MultiModalAdapter(AdapterConfig(embed_dim=clip.embed_dim), backend="torch").eval()
-    meta = CheckpointMeta(adapter.config, spec, float(clip.logit_scale),
-                          LabelSet(tuple(class_names("exported", NUM_CLASSES)), (TEMPLATE,)))
-    checkpoint = save_checkpoint(folder / "adapter.safetensors", adapter, meta)
-    return export_checkpoint(checkpoint, folder / "onnx", validate=False, progress=False).out_dir
+    return random_weights_export(folder, model_name, class_names("exported", NUM_CLASSES), TEMPLATE,
+                                 validate=False, progress=False)
 
 
 def time_switch(export: Path, names: list[str], cache: Path, threads: int) -> list[dict]:

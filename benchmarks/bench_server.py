@@ -17,9 +17,13 @@ every 500 requests, and its growth from request 1,000 to the end is reported.
 
 Run: ``mmadapter demo --out D`` first, then ``python -m benchmarks.bench_server --export D/onnx``
 and ``python -m benchmarks.bench_server --export D/onnx --soak 10000`` (needs mmadapter[server], and on
-a numpy 2 environment $MMADAPTER_SERVER_PYTHONPATH, see the README). CSVs:
-benchmarks/results/server_cpu.csv and server_soak_cpu.csv (machine, versions and commit in every row);
-plot: ``python -m benchmarks.plot_server``.
+a numpy 2 environment $MMADAPTER_SERVER_PYTHONPATH, see the README). The full-size run exports ViT-B-16
+(random weights) with a 1,000-class adapter and its calibrated int8 classifier first, then loads both
+precisions: ``python -m benchmarks.bench_server --model ViT-B-16 --classes 1000 --precisions fp32,int8
+--image-px 256 --requests 64 --out benchmarks/results/server_vit_b16_cpu.csv``. The targets it prints, per
+precision: server throughput at concurrency 16 (batching on) >= 0.85x in-process at its best batch size,
+and p99 <= 3x p50 there. CSVs: benchmarks/results/server_cpu.csv (or --out) and server_soak_cpu.csv
+(machine, versions and commit in every row); plot: ``python -m benchmarks.plot_server CSV``.
 """
 
 from __future__ import annotations
@@ -48,17 +52,20 @@ BATCHING = {"on": 32, "off": 1}  # dynamic batching on/off as serve's --max-batc
 # preprocessing; only the float32 cast of the probabilities and a merged batch's kernels differ.
 PROB_ATOL = 1e-5
 SOAK_CONCURRENCY = 4
+TARGET_CONCURRENCY = 16
+THROUGHPUT_TARGET = 0.85  # server images/s at TARGET_CONCURRENCY over in-process at its best batch
+TAIL_TARGET = 3.0  # p99 over p50 at TARGET_CONCURRENCY
 SOAK_SAMPLE_EVERY = 500
 SOAK_BASE_REQUEST = 1000  # memory growth is measured from here: before it, sessions and caches settle
 ROOT = Path(__file__).resolve().parent.parent
 STUB_SITE = ROOT / ".venv" / "triton-stub-site"  # where .ci/run puts numpy<2 for the server's stub
 
 
-def png(seed: int) -> bytes:
+def png(seed: int, side: int = 64) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -68,7 +75,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(export: Path, folder: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
+def start_server(export: Path, folder: Path, max_batch: int, precision: str = "fp32") -> tuple[subprocess.Popen, str]:
     """``mmadapter serve`` on loopback ports; returns once it printed its ready line."""
     env = dict(os.environ)
     if np.__version__.startswith("2.") and not env.get("MMADAPTER_SERVER_PYTHONPATH") and STUB_SITE.is_dir():
@@ -76,7 +83,8 @@ def start_server(export: Path, folder: Path, max_batch: int) -> tuple[subprocess
     http = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mmadapter.cli", "serve", str(export), "--model-repository",
                              str(folder), "--http-port", str(http), "--grpc-port", str(free_port()),
-                             "--metrics-port", str(free_port()), "--max-batch-size", str(max_batch)],
+                             "--metrics-port", str(free_port()), "--max-batch-size", str(max_batch),
+                             "--precision", precision],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline()
     if not line.startswith("serving"):
@@ -152,11 +160,11 @@ def load(url: str, images: list[bytes], concurrency: int, requests: int, seconds
     return {**stats(latencies, wall, len(latencies)), "failed": failed}
 
 
-def in_process(export: Path, images: list[bytes], requests: int, batch: int) -> dict[str, float]:
+def in_process(export: Path, images: list[bytes], requests: int, batch: int, precision: str) -> dict[str, float]:
     from mmadapter.runtime.images import decode_image
     from mmadapter.runtime.model import ExportedModel
 
-    model = ExportedModel(export, bank_cache=None)
+    model = ExportedModel(export, bank_cache=None, precision=precision)
     side = max(model.preprocessing.image_size)
     model.classify([decode_image(images[0], side)] * batch)  # sessions opened before timing
     latencies = []
@@ -170,19 +178,40 @@ def in_process(export: Path, images: list[bytes], requests: int, batch: int) -> 
     return {**stats(latencies, time.perf_counter() - start, calls * batch), "failed": 0}
 
 
-def levels(export: Path, images: list[bytes], requests: int, seconds: float) -> list[dict]:
+def levels(export: Path, images: list[bytes], requests: int, seconds: float, precision: str) -> list[dict]:
     rows = [{"mode": "in_process", "batching": "-", "batch": b, "concurrency": 1,
-             **in_process(export, images, requests, b)} for b in IN_PROCESS_BATCHES]
+             **in_process(export, images, requests, b, precision)} for b in IN_PROCESS_BATCHES]
     for name, max_batch in BATCHING.items():
         with tempfile.TemporaryDirectory() as tmp:
-            proc, url = start_server(export, Path(tmp) / "repo", max_batch)
+            proc, url = start_server(export, Path(tmp) / "repo", max_batch, precision)
             try:
                 load(url, images, 4, 40, seconds)  # warm-up: the first requests open sessions
                 rows += [{"mode": "server_http", "batching": name, "batch": 1, "concurrency": c,
                           **load(url, images, c, requests, seconds)} for c in LEVELS]
             finally:
                 stop_server(proc)
-    return rows
+    return [{**r, "precision": precision} for r in rows]
+
+
+def target_lines(rows: list[dict]) -> list[str]:
+    """The server against in-process, per precision: throughput at concurrency TARGET_CONCURRENCY (batching on)
+    over the best in-process batch size, p99 over p50 there, and the cost per request at concurrency 1."""
+    lines = []
+    for precision in dict.fromkeys(r["precision"] for r in rows):
+        sel = [r for r in rows if r["precision"] == precision]
+        best = max((r for r in sel if r["mode"] == "in_process"), key=lambda r: r["images_per_s"])
+        at = next(r for r in sel if r["mode"] == "server_http" and r["batching"] == "on"
+                  and r["concurrency"] == TARGET_CONCURRENCY)
+        lines.append(f"{precision}: server at concurrency {TARGET_CONCURRENCY} (batching on) "
+                     f"{at['images_per_s']:.2f} images/s = {at['images_per_s'] / best['images_per_s']:.3f}x in-process "
+                     f"at its best batch ({best['batch']}: {best['images_per_s']:.2f} images/s; target >= "
+                     f"{THROUGHPUT_TARGET}); p99/p50 there {at['p99_ms'] / at['p50_ms']:.2f} (target <= {TAIL_TARGET})")
+        single = next(r for r in sel if r["mode"] == "in_process" and r["batch"] == 1)
+        for r in (r for r in sel if r["mode"] == "server_http" and r["concurrency"] == 1):
+            # With batching on, a lone request also waits out --max-queue-delay-microseconds (2 ms).
+            lines.append(f"{precision}: server cost per request at concurrency 1 (p50), dynamic batching "
+                         f"{r['batching']}: {r['p50_ms'] - single['p50_ms']:.2f} ms")
+    return lines
 
 
 def descendants(root: int) -> list[int]:
@@ -268,9 +297,35 @@ def soak(export: Path, images: list[bytes], n: int, seconds: float) -> list[dict
     return [{**s, **summary} for s in samples]
 
 
-def main(argv: list[str] | None = None) -> int:
+def model_export(work: Path, model_name: str, classes: int) -> Path:
+    """``work/onnx``: a random-weights ``model_name`` with an adapter over ``classes`` class names, exported
+    with its calibrated int8 image classifier (calibrated on the project's digit images); reused when
+    ``work/onnx`` already holds a manifest."""
+    if (work / "onnx" / "manifest.json").is_file():
+        return work / "onnx"
+    from benchmarks.common import random_weights_export
+    from mmadapter.data.digits import write_digits_folder
+
+    work.mkdir(parents=True, exist_ok=True)
+    digits = write_digits_folder(work / "digits", per_class=8)
+    names = [f"class {i}" for i in range(classes)]
+    print(f"bench_server: exporting {model_name} (random weights) + {classes} classes, fp32 and int8, into "
+          f"{work / 'onnx'} (minutes)", file=sys.stderr)
+    return random_weights_export(work, model_name, names, int8=True, calibration=digits)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--export", type=Path, required=True, help="export folder (e.g. the demo's D/onnx)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--export", type=Path, help="export folder (e.g. the demo's D/onnx)")
+    source.add_argument("--model", help="instead: export this open_clip model with random weights (e.g. ViT-B-16) "
+                        "and --classes classes into --work first")
+    parser.add_argument("--classes", type=int, default=1000, help="class count of the --model export")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for the --model export (default: ~/.cache/mmadapter/bench-server/MODEL-CLASSES); "
+                        "reused when it holds one")
+    parser.add_argument("--precisions", default="fp32", help="comma-separated: fp32, int8 (the export must hold them)")
+    parser.add_argument("--image-px", type=int, default=64, help="side of the square PNG each request sends")
     parser.add_argument("--requests", type=int, default=256, help="requests per concurrency level (bounded load)")
     parser.add_argument("--seconds", type=float, default=120, help="time limit per concurrency level")
     parser.add_argument("--soak", type=int, default=None, metavar="N",
@@ -278,8 +333,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-seconds", type=float, default=1800, help="time limit of the soak")
     parser.add_argument("--out", type=Path, default=None,
                         help="CSV (default: results/server_cpu.csv, or server_soak_cpu.csv for --soak)")
-    args = parser.parse_args(argv)
-    images = [png(i) for i in range(16)]
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.model:
+        work = args.work or Path.home() / ".cache" / "mmadapter" / "bench-server" / f"{args.model}-{args.classes}"
+        args.export = model_export(work, args.model, args.classes)
+    label = f"{args.model} + {args.classes} classes" if args.model else args.export.name
+    images = [png(i, args.image_px) for i in range(16)]
     if args.soak is not None:
         rows = soak(args.export, images, args.soak, args.soak_seconds)
         print_table(rows, ["requests_done", "seconds", "rss_mib"])
@@ -287,20 +350,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"soak: {last['soak_requests']} requests, {last['failed']} failed, {last['wrong']} wrong; resident "
               f"memory {last['rss_growth_pct_from_1000']:+.2f}% from request {SOAK_BASE_REQUEST} to the end",
               file=sys.stderr)
-        write_csv([{**r, "export": args.export.name, "cpus": os.cpu_count()} for r in rows],
+        write_csv([{**r, "export": label, "cpus": os.cpu_count()} for r in rows],
                   args.out or RESULTS_DIR / "server_soak_cpu.csv")
         return 0
-    rows = levels(args.export, images, args.requests, args.seconds)
+    rows = [r for precision in args.precisions.split(",")
+            for r in levels(args.export, images, args.requests, args.seconds, precision.strip())]
     for r in rows:
-        r["export"], r["cpus"] = args.export.name, os.cpu_count()
-    print_table(rows, ["mode", "batching", "batch", "concurrency", "requests", "failed", "images_per_s", "p50_ms",
-                       "p95_ms", "p99_ms"])
-    base = rows[0]["p50_ms"]
-    for r in rows:
-        if r["mode"] == "server_http" and r["concurrency"] == 1:
-            # With batching on, a lone request also waits out --max-queue-delay-microseconds (2 ms).
-            print(f"server cost per request at concurrency 1 (p50), dynamic batching {r['batching']}: "
-                  f"{r['p50_ms'] - base:.2f} ms", file=sys.stderr)
+        r["export"], r["cpus"], r["image_px"] = label, os.cpu_count(), args.image_px
+    print_table(rows, ["precision", "mode", "batching", "batch", "concurrency", "requests", "failed", "images_per_s",
+                       "p50_ms", "p95_ms", "p99_ms"])
+    for line in target_lines(rows):
+        print(line, file=sys.stderr)
     write_csv(rows, args.out or RESULTS_DIR / "server_cpu.csv")
     return 0
 

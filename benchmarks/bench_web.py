@@ -24,27 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import RESULTS_DIR, environment, print_table, summarize, write_csv
+from benchmarks.common import RESULTS_DIR, environment, print_table, random_weights_export, summarize, write_csv
 
 CLASSES = tuple(f"class {i}" for i in range(10))
 
 
 def make_export(folder: Path, model_name: str) -> Path:
-    import torch
-
-    from mmadapter.export.pipeline import export_checkpoint
-    from mmadapter.model.adapter import MultiModalAdapter
-    from mmadapter.model.backbone import load_clip, save_clip_weights
-    from mmadapter.model.checkpoint import CheckpointMeta, LabelSet, save_checkpoint
-    from mmadapter.model.config import AdapterConfig, ClipSpec
-
-    torch.manual_seed(0)
-    spec = save_clip_weights(load_clip(ClipSpec(model_name)), folder / "clip.safetensors")
-    clip = load_clip(spec)
-    adapter = MultiModalAdapter(AdapterConfig(embed_dim=clip.embed_dim), backend="torch").eval()
-    meta = CheckpointMeta(adapter.config, spec, float(clip.logit_scale), LabelSet(CLASSES, ("a photo of a {}.",)))
-    checkpoint = save_checkpoint(folder / "adapter.safetensors", adapter, meta)
-    return export_checkpoint(checkpoint, folder / "onnx", fp16=True, progress=False).out_dir
+    return random_weights_export(folder, model_name, CLASSES, fp16=True, progress=False)
 
 
 def write_images(folder: Path, n: int) -> list[Path]:

@@ -182,6 +182,28 @@ def peak_cuda_memory(fn: Callable[[], Any]) -> int:
     return torch.cuda.max_memory_allocated() - before
 
 
+def random_weights_export(folder: Path, model_name: str, class_names: Iterable[str],
+                          template: str = "a photo of a {}.", **export_options: Any) -> Path:
+    """``export_checkpoint`` of an untrained adapter on a random-weights open_clip ``model_name`` (nothing is
+    downloaded) over ``class_names``, into ``folder/onnx``; returns that folder. The random CLIP is saved to
+    ``folder/clip.safetensors`` first, so the export and its validation load the very same weights."""
+    import torch
+
+    from mmadapter.export.pipeline import export_checkpoint
+    from mmadapter.model.adapter import MultiModalAdapter
+    from mmadapter.model.backbone import load_clip, save_clip_weights
+    from mmadapter.model.checkpoint import CheckpointMeta, LabelSet, save_checkpoint
+    from mmadapter.model.config import AdapterConfig, ClipSpec
+
+    torch.manual_seed(0)
+    spec = save_clip_weights(load_clip(ClipSpec(model_name)), folder / "clip.safetensors")
+    clip = load_clip(spec)
+    adapter = MultiModalAdapter(AdapterConfig(embed_dim=clip.embed_dim), backend="torch").eval()
+    meta = CheckpointMeta(adapter.config, spec, float(clip.logit_scale), LabelSet(tuple(class_names), (template,)))
+    checkpoint = save_checkpoint(folder / "adapter.safetensors", adapter, meta, overwrite=True)
+    return export_checkpoint(checkpoint, folder / "onnx", overwrite=True, **export_options).out_dir
+
+
 def write_csv(rows: Iterable[dict[str, Any]], path: Path) -> Path:
     """Write rows (each stamped with :func:`environment`) to ``path`` atomically."""
     rows = list(rows)

@@ -2,8 +2,8 @@
 
     python -m benchmarks.plot_server [benchmarks/results/server_cpu.csv]      (from the repository root)
 
-Left: throughput against concurrency, dynamic batching on and off, with in-process ``classify`` at each
-batch size as a horizontal line. Right: p50, p95 and p99 latency against concurrency (log-log).
+One row per precision. Left: throughput against concurrency, dynamic batching on and off, with in-process
+``classify`` at each batch size as a horizontal line. Right: p50, p95 and p99 latency against concurrency (log-log).
 """
 
 from __future__ import annotations
@@ -22,7 +22,18 @@ def plot_server(csv_path: Path = RESULTS_DIR / "server_cpu.csv", png_path: Path 
     if not rows:
         raise ValueError(f"{csv_path} has no rows to plot")
     png_path = png_path or Path(csv_path).with_suffix(".png")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    precisions = list(dict.fromkeys(r.get("precision") or "fp32" for r in rows))
+    fig, axes = plt.subplots(len(precisions), 2, figsize=(10, 4 * len(precisions)), squeeze=False)
+    for (left, right), precision in zip(axes, precisions):
+        _plot_precision(left, right, [r for r in rows if (r.get("precision") or "fp32") == precision], precision)
+    env = rows[0]
+    return save_figure(fig, png_path, f"mmadapter serve (Triton, HTTP), {env['export']}, CPU only "
+                       f"({env['cpu']}, {env['cpus']} CPUs); onnxruntime {env['onnxruntime']}, commit {env['commit']}")
+
+
+def _plot_precision(left, right, rows: list[dict[str, str]], precision: str) -> None:
+    """Throughput (left) and latency percentiles (right) against concurrency for one precision's rows."""
+    conc: list[int] = []
     for batching, (style, color) in BATCHING_STYLE.items():
         sel = sorted((r for r in rows if r["mode"] == "server_http" and r["batching"] == batching),
                      key=lambda r: int(r["concurrency"]))
@@ -38,8 +49,8 @@ def plot_server(csv_path: Path = RESULTS_DIR / "server_cpu.csv", png_path: Path 
         left.axhline(float(r["images_per_s"]), linestyle=":", linewidth=1, color="gray")
         left.annotate(f"in-process, batch {r['batch']}", (1, float(r["images_per_s"])), fontsize=7,
                       va="bottom", color="gray")
-    left.set_ylabel("images/s (client included)")
-    right.set_ylabel("latency per request, ms")
+    left.set_ylabel(f"{precision}: images/s (client included)")
+    right.set_ylabel(f"{precision}: latency per request, ms")
     right.set_yscale("log")
     for ax in (left, right):
         ax.set_xscale("log", base=2)
@@ -47,9 +58,6 @@ def plot_server(csv_path: Path = RESULTS_DIR / "server_cpu.csv", png_path: Path 
         ax.set_xlabel("concurrent clients")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    env = rows[0]
-    return save_figure(fig, png_path, f"mmadapter serve (Triton, HTTP), export '{env['export']}', CPU only "
-                       f"({env['cpu']}, {env['cpus']} CPUs); onnxruntime {env['onnxruntime']}, commit {env['commit']}")
 
 
 if __name__ == "__main__":
