@@ -329,9 +329,9 @@ def test_concurrent_clients_all_answered_correctly(server: Server, exported: Exp
     assert not failures, failures[:3]
 
 
-# How a request that the server did not accept ends once SIGTERM is in: the model is already unloading
-# (Triton's "unknown model"), or the front end is gone (connection refused; gRPC's UNAVAILABLE).
-REFUSED = ("onnect", "unavailable", "unknown model", "not ready", "not found")
+# How a request that the server did not accept ends once SIGTERM is in: serve drains by unloading the
+# model, and Triton refuses requests for a model being unloaded. A dropped connection is not a refusal.
+REFUSED = "unknown model"
 
 
 @needs_server
@@ -367,6 +367,7 @@ def test_sigterm_under_load_loses_no_accepted_request(server: Server, exported: 
         time.sleep(0.01)
     signalled = time.monotonic()
     code = server.stop()
+    stopped_after = time.monotonic() - signalled
     for t in threads:
         t.join(60)
     assert code == 143
@@ -374,10 +375,14 @@ def test_sigterm_under_load_loses_no_accepted_request(server: Server, exported: 
     assert not any(t.is_alive() for t in threads)
     errors = [o[2] for o in outcomes if o[2] != "ok"]
     assert len(errors) == 4, errors  # one per thread: the one that ended it
-    assert all(any(word in e.lower() for word in REFUSED) for e in errors), errors
+    assert all(REFUSED in e for e in errors), errors
     in_flight = [o for o in outcomes if o[0] < signalled < o[1]]
     assert any(o[2] == "ok" for o in in_flight), (in_flight, errors)
-    print("outcomes:", sum(o[2] == "ok" for o in outcomes), "ok;", len(in_flight), "in flight;", errors)
+    # tritonserver's own account: no exit with requests still running (what SIGTERM alone led to once its
+    # 30 s exit timeout ran out on busy keep-alive connections), and well within that timeout.
+    log = Path(server.ready_line.rsplit("(log: ", 1)[1].rstrip(")\n")).read_text(errors="replace")
+    assert "Exiting immediately" not in log and "Signal (11)" not in log
+    assert stopped_after < 20, stopped_after
 
 
 def test_serve_refuses_a_port_in_use(exported: ExportBundle, tmp_path: Path, capsys) -> None:
