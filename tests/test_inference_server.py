@@ -406,3 +406,16 @@ def test_serve_refuses_a_missing_or_invalid_export(tmp_path: Path, capsys) -> No
     assert main(["serve", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_stop_without_an_answering_server_falls_back_to_sigterm(exported: ExportBundle) -> None:
+    """No server on the HTTP port: the drain reports failure at once, and ``stop`` still signals the
+    process (here a stand-in that exits on SIGTERM) rather than killing it or waiting for nothing."""
+    from mmadapter.server.launch import ServeOptions, drain, stop
+
+    opts = ServeOptions(exported.out_dir, http_port=free_port())
+    started = time.monotonic()
+    assert drain(opts, timeout=5) is False
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert stop(proc, opts) == -signal.SIGTERM
+    assert time.monotonic() - started < 10
