@@ -1,6 +1,12 @@
 """``mmadapter serve``: check the export, the install and the ports, write (or reuse) the server folder,
 run ``tritonserver`` in the foreground and stop it cleanly on Ctrl-C or SIGTERM.
 
+Stopping drains through the model-repository API before tritonserver is signalled: on SIGTERM alone,
+tritonserver keeps answering on every open keep-alive connection (HTTP and gRPC clients hold them) until
+its exit timeout, then exits at once with requests still running. Unloading the models first refuses new
+requests ("unknown model") while those already accepted finish; once no model is left, nothing a client
+sent can be lost, and only idle connections would hold the server up.
+
 Everything the server prints goes to a log file: its CUDA, NVML and DCGM lines are expected on a machine
 without a GPU and would bury the one line the user needs (where it listens). On failure the first error
 line of the log that is not one of those is shown, with the log's path.
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import signal
 import socket
@@ -36,7 +43,9 @@ from mmadapter.server.repository import (
 HARMLESS = ("CudaDriverHelper has not been initialized", "NVML", "DCGM", "pinned memory pool",
             "CUDA memory pool", "CUDA driver")
 READY_TIMEOUT_S = 300.0  # loading a ViT-L export and opening its sessions takes tens of seconds on CPU
-DRAIN_TIMEOUT_S = 30  # tritonserver's --exit-timeout-secs: accepted requests finish within this
+DRAIN_TIMEOUT_S = 30  # accepted requests finish within this (the unload's wait; tritonserver's --exit-timeout-secs)
+# After the drain tritonserver only waits for idle client connections to close: not worth waiting long for.
+EXIT_GRACE_S = 5.0
 
 
 @dataclass
@@ -94,7 +103,9 @@ def start(opts: ServeOptions, folder: Path, install: TritonInstall, log: Path) -
                "--backend-directory", str(folder / "backends"), "--http-address", opts.host,
                "--grpc-address", opts.host, "--metrics-address", opts.host,
                "--http-port", str(opts.http_port), "--grpc-port", str(opts.grpc_port),
-               "--metrics-port", str(opts.metrics_port), "--exit-timeout-secs", str(DRAIN_TIMEOUT_S)]
+               "--metrics-port", str(opts.metrics_port), "--exit-timeout-secs", str(DRAIN_TIMEOUT_S),
+               # Explicit control, every model loaded at start: the repository API can unload them on stop.
+               "--model-control-mode", "explicit", "--load-model", "*"]
     with open(log, "wb") as out:
         # A session of its own: the terminal's Ctrl-C reaches `serve`, which stops the server once.
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -128,12 +139,40 @@ def wait_ready(proc: subprocess.Popen, opts: ServeOptions, log: Path, timeout: f
     raise ServeError(f"tritonserver was not ready after {timeout:.0f} s (log: {log})")
 
 
-def stop(proc: subprocess.Popen, timeout: float = DRAIN_TIMEOUT_S + 10) -> int:
-    """SIGTERM: tritonserver stops accepting, finishes what it accepted, unloads and exits."""
+def _repository(opts: ServeOptions, path: str) -> object:
+    host = "127.0.0.1" if opts.host in ("0.0.0.0", "") else opts.host  # noqa: S104 - a wildcard is local too
+    request = urllib.request.Request(f"http://{host}:{opts.http_port}/v2/repository/{path}", data=b"{}",
+                                     method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=DRAIN_TIMEOUT_S) as response:
+        body = response.read()
+    return json.loads(body) if body else None
+
+
+def drain(opts: ServeOptions, timeout: float = DRAIN_TIMEOUT_S) -> bool:
+    """Unload every model, the pipeline first, and wait until none is left: new requests are refused from
+    the moment an unload begins, accepted ones finish. False when the server did not let that happen."""
+    deadline = time.monotonic() + timeout
+    try:
+        loaded = [m["name"] for m in _repository(opts, "index") if m.get("state") == "READY"]
+        for name in sorted(set(loaded), key=lambda n: n != MODEL):
+            _repository(opts, f"models/{name}/unload")
+        while time.monotonic() < deadline:
+            if not any(m.get("state") in ("READY", "LOADING", "UNLOADING") for m in _repository(opts, "index")):
+                return True
+            time.sleep(0.1)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not answering as it should: SIGTERM and tritonserver's own exit timeout are what is left
+    return False
+
+
+def stop(proc: subprocess.Popen, opts: ServeOptions | None = None, timeout: float = DRAIN_TIMEOUT_S + 10) -> int:
+    """Drain (see the module's docstring), then SIGTERM; tritonserver unloads what is left and exits.
+    Drained, a server still up after EXIT_GRACE_S is waiting on idle connections only and is killed."""
     if proc.poll() is None:
+        drained = opts is not None and drain(opts)
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout)
+            proc.wait(EXIT_GRACE_S if drained else timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -160,5 +199,5 @@ def serve(opts: ServeOptions, say: Callable[[str], None] = print) -> int:
             f"(log: {log})")
         code = proc.wait()
     finally:
-        stop(proc)
+        stop(proc, opts)
     raise ServeError(f"tritonserver exited with status {code}: {first_error(log)} (log: {log})")
