@@ -210,7 +210,8 @@ def export_checkpoint(
                 temps = [stack.enter_context(owned_folder(d, overwrite=overwrite, protected=inputs)) for d in dests]
                 try:
                     manifest, reports, tensorrt_error = _export(
-                        checkpoint, temps[0], temps[1] if serving_repo is not None else None, bar, fp16=fp16,
+                        checkpoint, temps[0], temps[1] if serving_repo is not None else None, bar,
+                        export_path=os.path.relpath(dests[0].path, dests[-1].path), fp16=fp16,
                         int8=int8, openvino=openvino, bf16=bf16, ort_mobile=ort_mobile, executorch=executorch,
                         calibration=calibration, opset=opset, validate=validate, tensorrt=tensorrt,
                         profile=profile, max_classes=max_classes, providers=providers)
@@ -225,12 +226,13 @@ def export_checkpoint(
                         tensorrt_error)
 
 
-def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp16: bool, int8: bool,
+def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, export_path: str, fp16: bool, int8: bool,
             openvino: bool, bf16: bool, ort_mobile: bool, executorch: bool, calibration: Path | None,
             opset: int,
             validate: bool, tensorrt: bool, profile: BatchProfile, max_classes: int,
             providers: Sequence[str] | None) -> tuple[Manifest, list[dict[str, Any]], str | None]:
-    """Every file of the export into ``tmp`` (and the repository into ``repo_tmp``)."""
+    """Every file of the export into ``tmp`` (and the repository into ``repo_tmp``, its pipeline model
+    naming the export by ``export_path``, relative to the repository's destination)."""
     from mmadapter.export.calibration import load_calibration
     from mmadapter.export.specs import build_specs
     from mmadapter.export.tokenizer import write_tokenizer
@@ -294,7 +296,7 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
         bar.set_postfix_str("serving repository")
         from mmadapter.export.inference_server import write_model_repository
 
-        write_model_repository(tmp, repo_tmp, manifest, profile.max, "fp16" if fp16 else "fp32")
+        write_model_repository(tmp, repo_tmp, manifest, profile.max, "fp16" if fp16 else "fp32", export_path)
         bar.update()
     return manifest, reports, tensorrt_error
 
