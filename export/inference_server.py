@@ -50,24 +50,26 @@ def config_pbtxt(name: str, platform: str, io: GraphIO, batchable: bool, max_bat
     return "\n".join(lines) + "\n"
 
 
-def write_pipeline_model(repo: Path, export_path: str, max_batch_size: int, precision: str) -> list[str]:
-    """The pipeline model, calling the per-graph models; ``export_path``: the export folder, relative to
-    ``repo``. Returns the files written, relative to ``repo``."""
-    settings = Settings(precision=precision, graphs=ONNXRUNTIME, graph_max_batch_size=max_batch_size)
+def write_pipeline_model(repo: Path, export_path: str, max_batch_size: int, precision: str,
+                         graphs: str = ONNXRUNTIME) -> list[str]:
+    """The pipeline model, calling the per-graph models (``graphs``: onnxruntime or tensorrt); ``export_path``:
+    the export folder, relative to ``repo``. Returns the files written, relative to ``repo``."""
+    settings = Settings(precision=precision, graphs=graphs, graph_max_batch_size=max_batch_size)
     atomic_write_text(repo / MODEL / "config.pbtxt", pipeline_config(export_path, settings))
     atomic_write_with(repo / MODEL / "1" / "model.py", lambda tmp: shutil.copyfile(MODEL_FILE, tmp))
     return [f"{MODEL}/config.pbtxt", f"{MODEL}/1/model.py"]
 
 
 def write_model_repository(export_dir: Path, repo: Path, manifest: Manifest, max_batch_size: int = 64,
-                           precision: str = "fp32", export_path: str | None = None) -> list[Path]:
+                           precision: str = "fp32", export_path: str | None = None,
+                           graphs: str = ONNXRUNTIME) -> list[Path]:
     """Write one ONNX model per graph, and one TensorRT model per engine in the manifest, plus the
     :data:`MARKER` listing every file written. With ``export_path`` (where the export folder will be,
     relative to ``repo``), also the pipeline model. Write errors are one FileWriteError line."""
     written = []
     files: list[str] = []
     if export_path is not None:
-        files += write_pipeline_model(repo, export_path, max_batch_size, precision)
+        files += write_pipeline_model(repo, export_path, max_batch_size, precision, graphs)
         written.append(repo / MODEL / "config.pbtxt")
     for graph, entry in manifest.graphs.items():
         paths = entry.files.get(precision) or entry.files["fp32"]

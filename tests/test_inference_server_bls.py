@@ -252,3 +252,36 @@ def test_bls_pipeline_needs_no_onnxruntime(exported: ExportBundle, tmp_path: Pat
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == f"{sorted(GRAPHS)} (1, 3) (1, 3)"
+
+
+def test_tensorrt_pipeline_calls_the_engine_models_that_exist(exported: ExportBundle, tmp_path: Path) -> None:
+    """``--serving-graphs tensorrt``: the pipeline calls ``<graph>_trt`` where the export built an engine and
+    the graph's ONNX Runtime model elsewhere; every model it names is in the repository. A fake engine file
+    stands in (no TensorRT here), as in test_export_serving."""
+    import dataclasses
+
+    from mmadapter.export.inference_server import write_model_repository
+    from mmadapter.runtime.manifest import Engine, TensorRT
+    from mmadapter.server.bls import TritonModels
+
+    export_dir, repo = tmp_path / "export", tmp_path / "repo"
+    shutil.copytree(exported.out_dir, export_dir)
+    (export_dir / "image_classifier.fake.plan").write_bytes(b"engine bytes")
+    manifest = dataclasses.replace(exported.manifest(),
+                                   tensorrt=TensorRT({"image_classifier": Engine("image_classifier.fake.plan")}))
+    write_model_repository(export_dir, repo, manifest, 16, "fp32", "../export", graphs="tensorrt")
+    assert 'key: "graphs"\n    value: { string_value: "tensorrt" }' in (repo / MODEL / "config.pbtxt").read_text()
+    opener = TritonModels(pb=None, mode="tensorrt", max_batch_size=16)
+    called = {graph: opener(manifest, graph, "fp32").name for graph in GRAPHS}
+    assert called == {"image_classifier": "image_classifier_trt", **{g: g for g in GRAPHS[1:]}}
+    assert all((repo / name / "config.pbtxt").is_file() for name in called.values())
+
+
+def test_serving_graphs_tensorrt_needs_tensorrt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mmadapter.cli import main
+
+    code = main(["export", "--checkpoint", str(tmp_path / "x.safetensors"), "--out", str(tmp_path / "out"),
+                 "--serving-repo", str(tmp_path / "repo"), "--serving-graphs", "tensorrt"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "add --tensorrt" in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "repo").exists()
