@@ -38,6 +38,8 @@ class ExportedModel:
         if engine not in SERVED_ENGINES:
             raise ExportError(f"unknown engine {engine!r}; choose {' or '.join(SERVED_ENGINES)}")
         self.engine, self.device = engine, device  # device: OpenVINO's (CPU, GPU, NPU, ...), passed through
+        if opener is not None and engine != "onnxruntime":
+            raise ExportError(f"the graphs are opened elsewhere (opener): engine {engine!r} would not be used")
         self.opener = opener  # None: the graph files of the folder, opened on ``engine``
         # True: the default folder (open_vocab.default_cache_dir); a path; None/False: no class bank cache.
         self.bank_cache = bank_cache

@@ -19,12 +19,13 @@ def _parameters(config: dict) -> dict:
 
 def export_folder(export_dir: str, model_dir: str) -> str:
     """The export folder: a relative path is relative to the model repository (the parent of this
-    model's folder), so that a repository and its export move, or are mounted, together."""
+    model's folder), so that a repository and its export move, or are mounted, together. Links are
+    resolved first, as export computed the path between the resolved folders."""
     import os
 
     if os.path.isabs(export_dir):
         return export_dir
-    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(model_dir)), export_dir))
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.realpath(model_dir)), export_dir))
 
 
 def graph_opener(params: dict, pb_utils):
