@@ -5,6 +5,12 @@ Layout (what the server expects): ``REPO/<model>/config.pbtxt`` and ``REPO/<mode
 Models with a request batch axis get ``max_batch_size`` and dynamic batching, and their dims are
 written without the batch axis; the adapter head takes a class bank without a batch axis, so it is
 served with ``max_batch_size: 0`` and full dims.
+
+Beside them, the pipeline model ``mmadapter`` (Python backend; the model ``mmadapter serve`` runs, same
+config writer and model file): image bytes and an optional label set in, labels out. Here it runs each
+graph by calling the per-graph model (business-logic scripting, ``graphs: onnxruntime``; ``tensorrt``
+calls the ``<graph>_trt`` models), and it finds the export folder (manifest, tokenizer) by a path relative
+to the repository, so that mounting their common parent keeps the two together.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from pathlib import Path
 from mmadapter.files import atomic_write_text, atomic_write_with
 from mmadapter.folders import read_listing, write_listing
 from mmadapter.runtime.manifest import GraphIO, Manifest, TensorSpec
+from mmadapter.server.bls import ONNXRUNTIME, TRT_SUFFIX
+from mmadapter.server.repository import MODEL, MODEL_FILE, Settings, pipeline_config
 
 # What a repository written here holds (sealed by its own sha256), so that a later --overwrite
 # replaces only that.
@@ -42,12 +50,27 @@ def config_pbtxt(name: str, platform: str, io: GraphIO, batchable: bool, max_bat
     return "\n".join(lines) + "\n"
 
 
+def write_pipeline_model(repo: Path, export_path: str, max_batch_size: int, precision: str,
+                         graphs: str = ONNXRUNTIME) -> list[str]:
+    """The pipeline model, calling the per-graph models (``graphs``: onnxruntime or tensorrt); ``export_path``:
+    the export folder, relative to ``repo``. Returns the files written, relative to ``repo``."""
+    settings = Settings(precision=precision, graphs=graphs, graph_max_batch_size=max_batch_size)
+    atomic_write_text(repo / MODEL / "config.pbtxt", pipeline_config(export_path, settings))
+    atomic_write_with(repo / MODEL / "1" / "model.py", lambda tmp: shutil.copyfile(MODEL_FILE, tmp))
+    return [f"{MODEL}/config.pbtxt", f"{MODEL}/1/model.py"]
+
+
 def write_model_repository(export_dir: Path, repo: Path, manifest: Manifest, max_batch_size: int = 64,
-                           precision: str = "fp32") -> list[Path]:
+                           precision: str = "fp32", export_path: str | None = None,
+                           graphs: str = ONNXRUNTIME) -> list[Path]:
     """Write one ONNX model per graph, and one TensorRT model per engine in the manifest, plus the
-    :data:`MARKER` listing every file written. Write errors are one FileWriteError line."""
+    :data:`MARKER` listing every file written. With ``export_path`` (where the export folder will be,
+    relative to ``repo``), also the pipeline model. Write errors are one FileWriteError line."""
     written = []
     files: list[str] = []
+    if export_path is not None:
+        files += write_pipeline_model(repo, export_path, max_batch_size, precision, graphs)
+        written.append(repo / MODEL / "config.pbtxt")
     for graph, entry in manifest.graphs.items():
         paths = entry.files.get(precision) or entry.files["fp32"]
         # The portable graph: Triton's ORT backend applies its own fusions, and a portable file
@@ -55,7 +78,7 @@ def write_model_repository(export_dir: Path, repo: Path, manifest: Manifest, max
         models = [(graph, "onnxruntime_onnx", paths.portable, "model.onnx", False)]
         engine = manifest.tensorrt.engines.get(graph) if manifest.tensorrt is not None else None
         if engine:
-            models.append((f"{graph}_trt", "tensorrt_plan", engine.file, "model.plan", True))
+            models.append((graph + TRT_SUFFIX, "tensorrt_plan", engine.file, "model.plan", True))
         for name, platform, src, dst_name, gpu in models:
             model_file = repo / name / "1" / dst_name
             atomic_write_with(model_file, lambda tmp, src=src: shutil.copyfile(Path(export_dir) / src, tmp))

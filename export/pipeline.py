@@ -52,6 +52,7 @@ from mmadapter.runtime.manifest import (
     sha256_file,
     write_manifest,
 )
+from mmadapter.server.bls import ONNXRUNTIME, TENSORRT
 
 MAX_REPORTED_FAILURES = 6
 
@@ -77,12 +78,18 @@ def _is_int(value: object) -> bool:
 
 def check_export_arguments(*, opset: int = onnx_io.DEFAULT_OPSET, profile: BatchProfile | None = None,
                            max_classes: int = DEFAULT_MAX_CLASSES,
-                           providers: Sequence[str] | None = DEFAULT_PROVIDERS) -> BatchProfile:
+                           providers: Sequence[str] | None = DEFAULT_PROVIDERS, serving_graphs: str = ONNXRUNTIME,
+                           tensorrt: bool = False) -> BatchProfile:
     """The cheap checks of an export's arguments (no model loaded); returns the batch profile to use.
     Raises one ExportError line naming the argument."""
     import warnings
 
     from mmadapter.runtime.engines.onnxruntime import resolve_providers
+
+    if serving_graphs not in (ONNXRUNTIME, TENSORRT):
+        raise ExportError(f"--serving-graphs is {ONNXRUNTIME} or {TENSORRT}, not {serving_graphs!r}")
+    if serving_graphs == TENSORRT and not tensorrt:
+        raise ExportError("--serving-graphs tensorrt calls the TensorRT engines' models: add --tensorrt")
 
     if not _is_int(opset) or opset not in onnx_io.SUPPORTED_OPSETS:
         raise ExportError(f"opset {opset!r} is not supported; choose {onnx_io.MIN_OPSET}-{onnx_io.MAX_OPSET}")
@@ -175,6 +182,7 @@ def export_checkpoint(
     profile: BatchProfile | None = None,
     max_classes: int = DEFAULT_MAX_CLASSES,
     serving_repo: str | Path | None = None,
+    serving_graphs: str = ONNXRUNTIME,
     providers: Sequence[str] | None = DEFAULT_PROVIDERS,
     progress: bool = True,
 ) -> ExportResult:
@@ -182,7 +190,8 @@ def export_checkpoint(
     or interruption the destinations are as they were and nothing is left beside them."""
     from tqdm import tqdm
 
-    profile = check_export_arguments(opset=opset, profile=profile, max_classes=max_classes, providers=providers)
+    profile = check_export_arguments(opset=opset, profile=profile, max_classes=max_classes, providers=providers,
+                                     serving_graphs=serving_graphs, tensorrt=tensorrt)
     if executorch:  # before anything is loaded: the extra is missing, one line
         from mmadapter.export.executorch import require_executorch
 
@@ -210,7 +219,9 @@ def export_checkpoint(
                 temps = [stack.enter_context(owned_folder(d, overwrite=overwrite, protected=inputs)) for d in dests]
                 try:
                     manifest, reports, tensorrt_error = _export(
-                        checkpoint, temps[0], temps[1] if serving_repo is not None else None, bar, fp16=fp16,
+                        checkpoint, temps[0], temps[1] if serving_repo is not None else None, bar,
+                        export_path=os.path.relpath(dests[0].path, dests[-1].path), serving_graphs=serving_graphs,
+                        fp16=fp16,
                         int8=int8, openvino=openvino, bf16=bf16, ort_mobile=ort_mobile, executorch=executorch,
                         calibration=calibration, opset=opset, validate=validate, tensorrt=tensorrt,
                         profile=profile, max_classes=max_classes, providers=providers)
@@ -225,12 +236,15 @@ def export_checkpoint(
                         tensorrt_error)
 
 
-def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp16: bool, int8: bool,
+def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, export_path: str, serving_graphs: str,
+            fp16: bool, int8: bool,
             openvino: bool, bf16: bool, ort_mobile: bool, executorch: bool, calibration: Path | None,
             opset: int,
             validate: bool, tensorrt: bool, profile: BatchProfile, max_classes: int,
             providers: Sequence[str] | None) -> tuple[Manifest, list[dict[str, Any]], str | None]:
-    """Every file of the export into ``tmp`` (and the repository into ``repo_tmp``)."""
+    """Every file of the export into ``tmp`` (and the repository into ``repo_tmp``, its pipeline model
+    naming the export by ``export_path``, relative to the repository's destination, and calling the
+    ``serving_graphs`` models)."""
     from mmadapter.export.calibration import load_calibration
     from mmadapter.export.specs import build_specs
     from mmadapter.export.tokenizer import write_tokenizer
@@ -294,7 +308,8 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, fp1
         bar.set_postfix_str("serving repository")
         from mmadapter.export.inference_server import write_model_repository
 
-        write_model_repository(tmp, repo_tmp, manifest, profile.max, "fp16" if fp16 else "fp32")
+        write_model_repository(tmp, repo_tmp, manifest, profile.max, "fp16" if fp16 else "fp32", export_path,
+                               serving_graphs)
         bar.update()
     return manifest, reports, tensorrt_error
 

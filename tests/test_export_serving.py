@@ -15,6 +15,7 @@ import pytest
 
 from mmadapter.export.inference_server import MARKER, config_pbtxt, write_model_repository, written_files
 from mmadapter.runtime.manifest import Engine, GraphIO, TensorRT, TensorSpec
+from mmadapter.server.repository import MODEL as PIPELINE
 
 from export_fixtures import ExportBundle
 
@@ -116,10 +117,11 @@ def _io(model: onnx.ModelProto) -> dict[str, list[tuple[str, str, list[int | str
 def test_repository_layout(exported: ExportBundle) -> None:
     repo = exported.serving_repo
     assert exported.result.serving_repo == repo
-    assert {p.name for p in repo.iterdir()} == GRAPHS | {MARKER}
+    assert {p.name for p in repo.iterdir()} == GRAPHS | {PIPELINE, MARKER}
     # The marker lists exactly the files written, so that a later --overwrite replaces only those.
     listed = {str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file() and p.name != MARKER}
-    assert written_files(repo) == listed and len(listed) == 2 * len(GRAPHS)
+    assert written_files(repo) == listed and len(listed) == 2 * len(GRAPHS) + 2
+    assert {f"{PIPELINE}/config.pbtxt", f"{PIPELINE}/1/model.py"} <= listed
     manifest = exported.manifest()
     for graph in GRAPHS:
         files = sorted(str(p.relative_to(repo / graph)) for p in (repo / graph).rglob("*") if p.is_file())

@@ -269,6 +269,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-classes", type=positive_int, default=DEFAULT_MAX_CLASSES,
                    help="largest class bank for the adapter_head engine")
     p.add_argument("--serving-repo", type=Path, default=None, help="also write a Triton model repository here")
+    p.add_argument("--serving-graphs", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
+                   help="the models of --serving-repo that its pipeline model calls: the ONNX Runtime ones "
+                   "(default) or the TensorRT engines' (needs --tensorrt)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous export in --out (never a folder holding anything else)")
     p.add_argument("--providers", nargs="+", default=list(DEFAULT_PROVIDERS),
@@ -288,7 +291,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     # Everything that needs no model, before the checkpoint is loaded: the values, then the folders.
     profile = check_export_arguments(opset=args.opset, profile=BatchProfile(args.min_batch, args.opt_batch,
-                                     args.max_batch), max_classes=args.max_classes, providers=args.providers)
+                                     args.max_batch), max_classes=args.max_classes, providers=args.providers,
+                                     serving_graphs=args.serving_graphs, tensorrt=args.tensorrt)
     existing_file(args.checkpoint, "--checkpoint")
     check_destinations(args.checkpoint, args.out, args.serving_repo, args.overwrite)
     if args.web is not None:
@@ -301,7 +305,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         ort_mobile=args.ort_mobile, executorch=args.executorch,
         calibration=args.calibration, opset=args.opset, validate=args.validate,
         overwrite=args.overwrite, tensorrt=args.tensorrt, profile=profile, max_classes=args.max_classes,
-        serving_repo=args.serving_repo, providers=args.providers, progress=not args.quiet,
+        serving_repo=args.serving_repo, serving_graphs=args.serving_graphs, providers=args.providers,
+        progress=not args.quiet,
     )
     v = result.manifest.validation
     status = "validated" if v.run and v.passed else "NOT validated (--no-validate)"

@@ -11,17 +11,21 @@ import numpy as np
 
 from mmadapter.errors import DataError, ExportError
 from mmadapter.files import first_line
-from mmadapter.runtime.engines import open_session
+from mmadapter.runtime.engines import EngineSession, open_session
 from mmadapter.runtime.engines.onnxruntime import PROVIDER_ORDER, resolve_providers
 from mmadapter.runtime.graphs import IMAGE_CLASSIFIER, LOGITS, PIXELS
 from mmadapter.runtime.labels import name_list
-from mmadapter.runtime.manifest import read_manifest, verified_file
+from mmadapter.runtime.manifest import Manifest, read_manifest, verified_file
 from mmadapter.runtime.preprocess import Preprocessing, preprocess_batch
 from mmadapter.runtime.session import Session, check_batch_size
 
 # The engines an export folder's manifest names files for; TensorRT engines are served by Triton
 # (export --serving-repo), not from here.
 SERVED_ENGINES = ("onnxruntime", "openvino", "executorch")  # executorch: .pte programs, for checking
+# Opens a graph somewhere other than this process (manifest, graph name, precision -> session): Triton's
+# pipeline model hands one in that calls the repository's per-graph models, so that the preprocessing,
+# tokenizer, bank cache and open-vocabulary code stay these, and no graph file is opened here.
+SessionOpener = Callable[[Manifest, str, str], EngineSession]
 
 
 class ExportedModel:
@@ -29,11 +33,14 @@ class ExportedModel:
 
     def __init__(self, folder: str | Path, providers: Sequence[str] | None = None, precision: str = "fp32",
                  intra_op_threads: int | None = None, bank_cache: str | Path | bool | None = True,
-                 engine: str = "onnxruntime", device: str | None = None):
+                 engine: str = "onnxruntime", device: str | None = None, opener: SessionOpener | None = None):
         self.folder = Path(folder)
         if engine not in SERVED_ENGINES:
             raise ExportError(f"unknown engine {engine!r}; choose {' or '.join(SERVED_ENGINES)}")
         self.engine, self.device = engine, device  # device: OpenVINO's (CPU, GPU, NPU, ...), passed through
+        if opener is not None and engine != "onnxruntime":
+            raise ExportError(f"the graphs are opened elsewhere (opener): engine {engine!r} would not be used")
+        self.opener = opener  # None: the graph files of the folder, opened on ``engine``
         # True: the default folder (open_vocab.default_cache_dir); a path; None/False: no class bank cache.
         self.bank_cache = bank_cache
         self.manifest = read_manifest(self.folder)
@@ -86,17 +93,23 @@ class ExportedModel:
     def session(self, graph: str, precision: str | None = None) -> Session:
         key = (graph, precision or self.precision)
         if key not in self._sessions:
-            on_ort = self.engine == "onnxruntime"
-            path = self.graph_file(graph, resolve_providers(self.providers)[0] if on_ort else None, key[1])
-            where = ({"providers": self.providers} if on_ort else {"device": self.device} if self.engine == "openvino"
-                     else {})
-            graph_session = open_session(path, engine=self.engine, precision=key[1], threads=self.intra_op_threads,
-                                         **where)
+            if graph not in self.manifest.graphs:
+                raise ExportError(f"{self.folder} has no graph {graph!r}; it has {sorted(self.manifest.graphs)}")
+            graph_session = (self.opener(self.manifest, graph, key[1]) if self.opener is not None
+                             else self._open_file(graph, key[1]))
             session = Session(graph_session, batch_axis_inputs=self.manifest.graphs[graph].batch_inputs)
             if graph == IMAGE_CLASSIFIER:
                 self._check_classifier(session)
             self._sessions[key] = session
         return self._sessions[key]
+
+    def _open_file(self, graph: str, precision: str) -> EngineSession:
+        """The graph's file of this folder (sha256 checked) on this model's engine."""
+        on_ort = self.engine == "onnxruntime"
+        path = self.graph_file(graph, resolve_providers(self.providers)[0] if on_ort else None, precision)
+        where = ({"providers": self.providers} if on_ort else {"device": self.device} if self.engine == "openvino"
+                 else {})
+        return open_session(path, engine=self.engine, precision=precision, threads=self.intra_op_threads, **where)
 
     def session_providers(self) -> dict[str, list[str]]:
         """The execution providers each session opened so far really got, by graph file."""

@@ -2,7 +2,8 @@
 top-k labels, probabilities and embeddings out, over :class:`mmadapter.runtime.ExportedModel`.
 
 Kept free of ``triton_python_backend_utils`` so that it is tested in-process, and free of torch (it
-imports the serving runtime only): the server's Python stub loads it next to numpy and onnxruntime.
+imports the serving runtime only): the server's Python stub loads it next to numpy and onnxruntime (or,
+where the graphs are the repository's own models, without onnxruntime).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from mmadapter.errors import DataError
 from mmadapter.runtime.graphs import CLIP_IMAGE_EMBEDDING, IMAGE_EMBEDDING, LOGITS
 from mmadapter.runtime.images import decode_image
 from mmadapter.runtime.labels import check_class_names
-from mmadapter.runtime.model import ExportedModel
+from mmadapter.runtime.model import ExportedModel, SessionOpener
 from mmadapter.runtime.preprocess import preprocess_image
 
 # The pipeline's tensor names, as clients see them (config.pbtxt and the README use these).
@@ -52,8 +53,10 @@ class Pipeline:
     (and kept in the export's bank cache on disk, as for ``predict --onnx``)."""
 
     def __init__(self, export_dir: str | Path, top_k: int = 5, precision: str = "fp32",
-                 threads: int | None = None):
-        self.model = ExportedModel(export_dir, precision=precision, intra_op_threads=threads)
+                 threads: int | None = None, opener: SessionOpener | None = None):
+        # opener: where the graphs run (mmadapter.server.bls: the repository's per-graph models); None:
+        # ONNX Runtime in this process.
+        self.model = ExportedModel(export_dir, precision=precision, intra_op_threads=threads, opener=opener)
         self.top_k = top_k
         self.short_side = max(self.model.preprocessing.image_size)
 

@@ -33,6 +33,7 @@ from mmadapter.folders import Owner, destination, owned_folder, read_listing, wr
 MODEL = "mmadapter"  # the pipeline's name in the repository, and in clients' URLs
 MARKER = ".mmadapter-server.json"
 MARKER_FORMAT = "mmadapter-server-folder"
+MODEL_FILE = Path(__file__).with_name("triton_model.py")  # the pipeline model's 1/model.py
 INSTALL_HINT = "pip install 'mmadapter[server]'"
 
 
@@ -50,6 +51,10 @@ class Settings:
     top_k: int = 5
     precision: str = "fp32"
     intra_op_threads: int | None = None
+    # Where the graphs run (mmadapter.server.bls.GRAPH_MODES): in this model's process, or the repository's
+    # per-graph models, which take at most graph_max_batch_size rows per request.
+    graphs: str = "in-process"
+    graph_max_batch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -128,11 +133,14 @@ def _parameter(key: str, value: object) -> str:
     return f"  {{\n    key: {json.dumps(key)}\n    value: {{ string_value: {json.dumps(str(value))} }}\n  }}"
 
 
-def pipeline_config(export_dir: Path, settings: Settings) -> str:
+def pipeline_config(export_dir: Path | str, settings: Settings) -> str:
     """config.pbtxt of the pipeline model: IMAGE (encoded bytes, one per batch row) and an optional
-    LABELS set in; top-k LABEL and PROBABILITY, and both image embeddings, out."""
-    params = {"export_dir": export_dir.resolve(), "top_k": settings.top_k,
-              "precision": settings.precision, "intra_op_threads": settings.intra_op_threads or ""}
+    LABELS set in; top-k LABEL and PROBABILITY, and both image embeddings, out. ``export_dir`` is written
+    as given: absolute, or relative to the model repository (see triton_model.export_folder)."""
+    params = {"export_dir": export_dir, "top_k": settings.top_k, "precision": settings.precision,
+              "intra_op_threads": settings.intra_op_threads or "", "graphs": settings.graphs}
+    if settings.graph_max_batch_size is not None:
+        params["graph_max_batch_size"] = settings.graph_max_batch_size
     tensors = [("IMAGE", "TYPE_STRING", "1", ""), ("LABELS", "TYPE_STRING", "-1", "\n    optional: true")]
     outputs = [("LABEL", "TYPE_STRING"), ("PROBABILITY", "TYPE_FP32"), ("ADAPTED_EMBEDDING", "TYPE_FP32"),
                ("CLIP_EMBEDDING", "TYPE_FP32")]
@@ -150,8 +158,8 @@ def pipeline_config(export_dir: Path, settings: Settings) -> str:
 def _files(export_dir: Path, settings: Settings, install: TritonInstall) -> dict[str, Path | str]:
     """What the folder holds: relative path -> text to write or file to copy."""
     return {
-        f"models/{MODEL}/config.pbtxt": pipeline_config(export_dir, settings),
-        f"models/{MODEL}/1/model.py": Path(__file__).with_name("triton_model.py"),
+        f"models/{MODEL}/config.pbtxt": pipeline_config(export_dir.resolve(), settings),
+        f"models/{MODEL}/1/model.py": MODEL_FILE,
         "backends/python/libtriton_python.so": install.backend / "libtriton_python.so",
         "backends/python/triton_python_backend_utils.py":
             PRELUDE + (install.backend / "triton_python_backend_utils.py").read_text(),

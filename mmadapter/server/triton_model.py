@@ -4,6 +4,10 @@ Triton's requests in, :class:`mmadapter.server.pipeline.Pipeline` over them, one
 Imports of mmadapter wait for ``initialize``: the stub also imports this file once, to ask for a
 config it may complete, and needs nothing of the pipeline for that. Where mmadapter comes from is the
 stub's sys.path (see mmadapter/server/repository.py).
+
+The config's ``graphs`` parameter says where the export's graphs run: ``in-process`` (ONNX Runtime in this
+model's process; what ``mmadapter serve`` writes) or ``onnxruntime`` / ``tensorrt``, the repository's
+per-graph models that ``export --serving-repo`` writes beside this one, called per request.
 """
 
 import json
@@ -11,6 +15,28 @@ import json
 
 def _parameters(config: dict) -> dict:
     return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+
+
+def export_folder(export_dir: str, model_dir: str) -> str:
+    """The export folder: a relative path is relative to the model repository (the parent of this
+    model's folder), so that a repository and its export move, or are mounted, together. Links are
+    resolved first, as export computed the path between the resolved folders."""
+    import os
+
+    if os.path.isabs(export_dir):
+        return export_dir
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.realpath(model_dir)), export_dir))
+
+
+def graph_opener(params: dict, pb_utils):
+    """None (ONNX Runtime in this process) for ``graphs: in-process`` or no such parameter; else the
+    repository's per-graph models, called through business-logic scripting (mmadapter/server/bls.py)."""
+    from mmadapter.server.bls import IN_PROCESS, TritonModels, check_mode
+
+    mode = check_mode(params.get("graphs") or IN_PROCESS)
+    if mode == IN_PROCESS:
+        return None
+    return TritonModels(pb_utils, mode, int(params.get("graph_max_batch_size") or 1))
 
 
 class TritonPythonModel:
@@ -25,8 +51,9 @@ class TritonPythonModel:
 
         self.pb = pb_utils
         threads = int(params["intra_op_threads"]) if params.get("intra_op_threads") else None
-        self.pipeline = Pipeline(params["export_dir"], top_k=int(params.get("top_k") or 5),
-                                 precision=params.get("precision") or "fp32", threads=threads)
+        self.pipeline = Pipeline(export_folder(params["export_dir"], args["model_repository"]),
+                                 top_k=int(params.get("top_k") or 5), precision=params.get("precision") or "fp32",
+                                 threads=threads, opener=graph_opener(params, pb_utils))
 
     def execute(self, requests):
         groups, answers = {}, [None] * len(requests)
