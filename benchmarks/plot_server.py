@@ -49,6 +49,7 @@ def _plot_precision(left, right, rows: list[dict[str, str]], precision: str) -> 
         left.axhline(float(r["images_per_s"]), linestyle=":", linewidth=1, color="gray")
         left.annotate(f"in-process, batch {r['batch']}", (1, float(r["images_per_s"])), fontsize=7,
                       va="bottom", color="gray")
+    left.set_ylim(bottom=0)  # ratios, not differences, are what the targets are about
     left.set_ylabel(f"{precision}: images/s (client included)")
     right.set_ylabel(f"{precision}: latency per request, ms")
     right.set_yscale("log")
