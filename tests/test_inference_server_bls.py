@@ -20,10 +20,10 @@ from test_inference_server import (
     NEW_LABELS,
     ROOT,
     STUB_SITE,
+    Client,
     _missing,
     check_same,
     free_port,
-    infer,
     needs_server,
     png_bytes,
     still_correct,
@@ -86,15 +86,13 @@ def bls_server(exported: ExportBundle, tmp_path_factory: pytest.TempPathFactory)
         launch.stop(proc)
 
 
-def client(opts):
-    import tritonclient.http as http
-
-    return http.InferenceServerClient(f"{opts.host}:{opts.http_port}", network_timeout=120)
+def client(opts) -> Client:
+    return Client("http", f"{opts.host}:{opts.http_port}")
 
 
 def calls(c, model: str) -> int:
     """Requests the model has answered successfully so far (Triton's statistics)."""
-    stats = c.get_inference_statistics(model)["model_stats"][0]
+    stats = c.raw.get_inference_statistics(model)["model_stats"][0]
     return int(stats["inference_stats"]["success"]["count"])
 
 
@@ -120,7 +118,7 @@ def test_images_match_predict_onnx_through_the_graph_models(bls_server, exported
     c = client(bls_server)
     before = calls(c, "image_classifier")
     images = [png_bytes(i, (40 + 7 * i, 32 + 3 * i)) for i in range(4)]
-    names, probs, result = infer(c, images)
+    names, probs, result = c.infer(images)
     check_same(names, probs, predict_onnx(exported, images, tmp_path))  # top-1, order, probabilities 1e-5
     assert result.as_numpy("ADAPTED_EMBEDDING").shape[0] == 4 and result.as_numpy("CLIP_EMBEDDING").shape[0] == 4
     assert calls(c, "image_classifier") > before  # the graph ran in its own model, not in the pipeline
@@ -132,7 +130,7 @@ def test_a_new_label_set_per_request(bls_server, exported: ExportBundle, tmp_pat
     before = {g: calls(c, g) for g in GRAPHS[1:]}
     images = [png_bytes(10 + i) for i in range(2)]
     for labels in (NEW_LABELS, ("lamp", "river")):
-        names, probs, _ = infer(c, images, labels)
+        names, probs, _ = c.infer(images, labels)
         assert all(set(row) == set(labels) for row in names)
         check_same(names, probs, predict_onnx(exported, images, tmp_path, labels))
     # Text encoder, class bank and adapter head each called for both label sets.
@@ -145,7 +143,7 @@ def test_a_called_model_failure_is_the_request_error(bls_server, exported: Expor
 
     c = client(bls_server)
     with pytest.raises(InferenceServerException, match="Triton model text_encoder failed: .*batch"):
-        infer(c, [png_bytes(5)], TOO_MANY_PROMPTS)
+        c.infer([png_bytes(5)], TOO_MANY_PROMPTS)
     still_correct(c, exported)  # the server goes on, and answers right
 
 
