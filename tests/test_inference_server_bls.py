@@ -283,3 +283,13 @@ def test_serving_graphs_tensorrt_needs_tensorrt(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "add --tensorrt" in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "repo").exists()
+
+
+def test_serving_graphs_needs_a_serving_repo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mmadapter.cli import main
+
+    code = main(["export", "--checkpoint", str(tmp_path / "x.safetensors"), "--out", str(tmp_path / "out"),
+                 "--serving-graphs", "onnxruntime"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "add --serving-repo" in err
+    assert not (tmp_path / "out").exists()

@@ -269,7 +269,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-classes", type=positive_int, default=DEFAULT_MAX_CLASSES,
                    help="largest class bank for the adapter_head engine")
     p.add_argument("--serving-repo", type=Path, default=None, help="also write a Triton model repository here")
-    p.add_argument("--serving-graphs", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
+    p.add_argument("--serving-graphs", choices=("onnxruntime", "tensorrt"), default=None,
                    help="the models of --serving-repo that its pipeline model calls: the ONNX Runtime ones "
                    "(default) or the TensorRT engines' (needs --tensorrt)")
     p.add_argument("--overwrite", action="store_true",
@@ -290,6 +290,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from mmadapter.export.tensorrt import BatchProfile
 
     # Everything that needs no model, before the checkpoint is loaded: the values, then the folders.
+    if args.serving_graphs is not None and args.serving_repo is None:
+        raise UsageError("--serving-graphs chooses what the --serving-repo pipeline calls: add --serving-repo")
+    args.serving_graphs = args.serving_graphs or "onnxruntime"
     profile = check_export_arguments(opset=args.opset, profile=BatchProfile(args.min_batch, args.opt_batch,
                                      args.max_batch), max_classes=args.max_classes, providers=args.providers,
                                      serving_graphs=args.serving_graphs, tensorrt=args.tensorrt)
