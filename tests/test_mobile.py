@@ -10,9 +10,11 @@ import json
 import numpy as np
 import pytest
 
+from mmadapter.errors import ExportError
 from mmadapter.export import onnx_io
 from mmadapter.export.ort_mobile import CONFIG, SOURCE_ATOL, compare_to_source, config_operators
 from mmadapter.runtime.engines import open_session
+from mmadapter.runtime.engines.executorch import set_thread_pool_size, thread_pool_size
 from mmadapter.runtime.manifest import read_manifest, sha256_file
 
 from export_fixtures import make_checkpoint
@@ -134,12 +136,11 @@ def test_int8_program_serves_through_the_engine(ort_mobile_export):
     model = ExportedModel(ort_mobile_export.out_dir, engine="executorch", precision="int8")
     pixels = np.random.default_rng(4).standard_normal((2, 3, *model.preprocessing.image_size)).astype(np.float32)
     assert model.classify_pixels(pixels)["logits"].shape == (2, len(model.class_names))
-    assert "ExecuTorch:XNNPACK (program precision int8)" in set(model.session_runs().values())
+    assert any(r.startswith("ExecuTorch:XNNPACK (program precision int8, ") for r in model.session_runs().values())
 
 
 def test_executorch_int8_needs_real_calibration_images(tmp_path):
     """--executorch --int8 without --calibration or reachable training images: one line, before loading."""
-    from mmadapter.errors import ExportError
     from mmadapter.export.calibration import calibration_folder_for
 
     ckpt, *_ = make_checkpoint(tmp_path)
@@ -175,7 +176,27 @@ def test_engine_serves_the_folder_like_onnx_runtime(ort_mobile_export):
     a = model.classify(pixels[:5], class_names=names)
     b = ExportedModel(folder).classify(pixels[:5], class_names=names)
     assert np.abs(a.logits - b.logits).max() <= 1e-4 * max(1.0, float(np.abs(b.logits).max()))
-    assert set(model.session_runs().values()) == {"ExecuTorch:XNNPACK (program precision fp32)"}
+    threads = thread_pool_size()
+    runs = f"ExecuTorch:XNNPACK (program precision fp32, {threads} thread{'s' * (threads != 1)})"
+    assert set(model.session_runs().values()) == {runs}
+
+
+@needs_executorch
+def test_threads_resize_executorchs_process_wide_pool(ort_mobile_export):
+    """threads=1 leaves XNNPACK's pool (process-wide) at one thread and describe() says so; the size the
+    process had before is restored after, for the other tests."""
+    before = thread_pool_size()
+    try:
+        session = open_session(ort_mobile_export.out_dir / "image_classifier.pte", engine="executorch", threads=1)
+        assert thread_pool_size() == 1
+        assert session.describe() == "ExecuTorch:XNNPACK (program precision fp32, 1 thread)"
+        open_session(ort_mobile_export.out_dir / "image_classifier.pte", engine="executorch", threads=2)
+        assert thread_pool_size() == 2 and session.describe().endswith("2 threads)")
+        with pytest.raises(ExportError, match="positive integer"):
+            open_session(ort_mobile_export.out_dir / "image_classifier.pte", engine="executorch", threads=0)
+    finally:
+        set_thread_pool_size(before)
+    assert thread_pool_size() == before
 
 
 @needs_executorch
@@ -193,7 +214,6 @@ def test_missing_extra_is_one_line(monkeypatch, capsys):
     """Without executorch: export --executorch and the engine each say so in one line, naming the extra."""
     import mmadapter.export.executorch as et_export
     import mmadapter.runtime.engines.executorch as et_engine
-    from mmadapter.errors import ExportError
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "executorch" else real(name, *a))
