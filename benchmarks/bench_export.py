@@ -235,6 +235,16 @@ def build_graphs(tmp: Path, clip: Any, spec: Any) -> dict[str, Any]:
     return {"portable": portable, "fused": fused, "int8": int8, "qdq": qdq, "pre": pre, "calib": calib}
 
 
+def openvino_ir(tmp: Path, portable: Path, qdq: Path) -> dict[str, tuple[Path, str]]:
+    """The OpenVINO IR files ``export --openvino [--int8]`` writes, with the precision each is compiled at:
+    ``ov_fp32`` from the portable graph, ``ov_int8`` from the calibrated Q/DQ graph. ImportError or
+    ExportError where OpenVINO is missing."""
+    from mmadapter.export.openvino import convert_to_ir
+
+    return {"ov_fp32": (convert_to_ir(portable, tmp / "ov32.xml"), "fp32"),
+            "ov_int8": (convert_to_ir(qdq, tmp / "ov8.xml"), "int8")}
+
+
 def open_paths(tmp: Path, graphs: dict[str, Any], threads: int, available: list[str]) -> tuple[dict, dict]:
     """Sessions by path name, and the paths that cannot run here with the reason (OpenVINO missing)."""
     from mmadapter.errors import ExportError
@@ -248,11 +258,10 @@ def open_paths(tmp: Path, graphs: dict[str, Any], threads: int, available: list[
     }
     skipped: dict[str, str] = {}
     try:
-        from mmadapter.export.openvino import convert_to_ir, quantize_nncf
+        from mmadapter.export.openvino import quantize_nncf
         from mmadapter.runtime.engines import open_session
 
-        ov_files = {"ov_fp32": (convert_to_ir(portable, tmp / "ov32.xml"), "fp32"),
-                    "ov_int8": (convert_to_ir(graphs["qdq"], tmp / "ov8.xml"), "int8"),
+        ov_files = {**openvino_ir(tmp, portable, graphs["qdq"]),
                     "ov_nncf_default": (quantize_nncf(portable, tmp / "nncf.xml", graphs["calib"]), "int8")}
         sessions.update({k: open_session(v, engine="openvino", precision=p, device="CPU", threads=threads)
                          for k, (v, p) in ov_files.items()})

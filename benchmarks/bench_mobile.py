@@ -1,17 +1,21 @@
 """Phones, measured on this CPU: ExecuTorch XNNPACK programs (fp32 and PT2E int8) of the image classifier
-beside ONNX Runtime's int8 graphs, in one run: batch-1 latency, file sizes and agreement with torch.
-CSV: benchmarks/results/mobile_cpu.csv.
+beside ONNX Runtime's and OpenVINO's int8 files, in one run: batch-1 latency, file sizes and agreement with
+torch. CSV: benchmarks/results/mobile_cpu.csv.
 
-The model is bench_export's (ViT-B-16 random weights + adapter with a 1,000-class bank). Both calibrated
-int8 files (ONNX Q/DQ and the ExecuTorch int8 program) are calibrated on the same real images, the
-project's digits (``mmadapter.data.digits``), preprocessed as served; timing and the check against torch
-use other digits. XNNPACK runs here with its x86 kernels: phone latency is not measured by this.
+The model is bench_export's (ViT-B-16 random weights + adapter with a 1,000-class bank). The calibrated int8
+files (ONNX Q/DQ and the OpenVINO IR converted from it) are calibrated on real images, the project's digits
+(``mmadapter.data.digits``), preprocessed as served; the int8 ExecuTorch program has dynamic int8 activations
+and needs none. Timing and the check against torch use other digits. XNNPACK runs here with its x86 kernels:
+phone latency is not measured by this.
 
 Rows: ``torch_eager``; ``ort_int8`` (``export --int8``'s dynamic int8 graph), ``ort_int8_static`` (the
-calibrated Q/DQ graph); ``et_fp32`` and ``et_int8`` (``export --executorch [--int8]``'s programs, run by
-ExecuTorch's Python runtime). Each row has its file size, its ratio to the Q/DQ int8 ONNX graph's size,
-and its batch-1 median relative to the fastest int8 path of the run (the targets: int8 ``.pte``
-<= 1.1x the int8 ONNX size; latency within 1.5x of the fastest int8 path).
+calibrated Q/DQ graph); ``ov_fp32`` and ``ov_int8`` (``export --openvino [--int8]``'s IR of the portable and
+of the Q/DQ graph, OpenVINO's CPU plugin; left out with a message when OpenVINO is not installed);
+``et_fp32`` and ``et_int8`` (``export --executorch [--int8]``'s programs, run by ExecuTorch's Python
+runtime). Every engine gets the same thread count (the CPUs this process may use). Each row has its file size
+(an IR counts its ``.bin``), its ratio to the Q/DQ int8 ONNX graph's size, and its batch-1 median relative to
+the fastest int8 path of the run, whichever engine that is (the targets: int8 ``.pte`` <= 1.1x the int8 ONNX
+size; latency within 1.5x of the fastest int8 path).
 """
 
 from __future__ import annotations
@@ -26,8 +30,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.bench_export import build_model, interleaved, min_cosine
+from benchmarks.bench_export import build_model, interleaved, min_cosine, openvino_ir
 from benchmarks.common import RESULTS_DIR, print_table, write_csv
+from mmadapter.errors import ExportError
+from mmadapter.files import first_line
+
+ENGINES = {".pte": "executorch", ".xml": "openvino"}  # by file suffix; the rest are ONNX Runtime's graphs
+
+
+def file_size(path: Path) -> int:
+    """Bytes a path ships as: an OpenVINO IR is its ``.xml`` and the ``.bin`` beside it."""
+    return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
 
 
 def digits_pixels(root: Path, pre, count: int) -> np.ndarray:
@@ -58,9 +71,15 @@ def build_files(tmp: Path, spec, calib: np.ndarray) -> dict[str, tuple[Path, str
     qdq = tmp / "image_classifier.int8.onnx"
     quantize_static_int8(portable, qdq, spec.int8_scopes, [{"pixels": p[None]} for p in calib])
     built["ort_int8_static"] = (qdq, "int8", time.perf_counter() - t0)
-    for name, precision, images in (("et_fp32", "fp32", None), ("et_int8", "int8", calib)):
+    try:
         t0 = time.perf_counter()
-        pte, _ = write_program(spec, tmp, precision, 1, images)  # the classifier's only axis: batch
+        ir = openvino_ir(tmp, portable, qdq)
+        built.update({k: (path, precision, time.perf_counter() - t0) for k, (path, precision) in ir.items()})
+    except (ImportError, ExportError) as exc:  # OpenVINO missing: the run goes on without its rows
+        print(f"OpenVINO rows skipped: {first_line(exc)}", file=sys.stderr)
+    for name, precision in (("et_fp32", "fp32"), ("et_int8", "int8")):
+        t0 = time.perf_counter()
+        pte, _ = write_program(spec, tmp, precision, 1)  # the classifier's only axis: batch
         built[name] = (tmp / pte, precision, time.perf_counter() - t0)
         print(f"{name}: lowered in {built[name][2]:.0f} s", file=sys.stderr)
     return built
@@ -87,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         pixels = digits_pixels(Path(tmp), pre, args.calibration_images + args.check_images)
         calib, check = pixels[:args.calibration_images], pixels[args.calibration_images:]
         built = build_files(Path(tmp), spec, calib)
-        sessions = {name: open_session(path, engine="executorch" if path.suffix == ".pte" else "onnxruntime",
-                                       precision=precision, threads=threads)
+        sessions = {name: open_session(path, engine=ENGINES.get(path.suffix, "onnxruntime"), precision=precision,
+                                       threads=threads)
                     for name, (path, precision, _) in built.items()}
         with torch.inference_mode():
             ref_logits, ref_emb = (t.numpy() for t in spec.module(torch.from_numpy(check))[:2])
@@ -117,14 +136,14 @@ def result_rows(results: dict, checks: dict, built: dict, sessions: dict) -> lis
     """One row per path: timing, its ratio to the fastest int8 path, file size and its ratio to the Q/DQ
     int8 ONNX graph (the int8 ONNX file a phone would otherwise ship), agreement with torch."""
     fastest = min(r["median_ms"] for k, r in results.items() if k in built and built[k][1] == "int8")
-    onnx_int8 = built["ort_int8_static"][0].stat().st_size
+    onnx_int8 = file_size(built["ort_int8_static"][0])
     rows = []
     for name, r in results.items():
         row = {"backend": name, **{k: round(v, 2) for k, v in r.items()},
                "vs_fastest_int8": round(r["median_ms"] / fastest, 3)}
         if name in built:
             path, precision, seconds = built[name]
-            size = path.stat().st_size
+            size = file_size(path)
             row.update(precision=precision, file=path.name, file_mb=round(size / 1e6, 1),
                        size_vs_int8_onnx=round(size / onnx_int8, 3), build_s=round(seconds, 1),
                        runs=sessions[name].describe(), **checks[name])

@@ -176,8 +176,9 @@ def holdout_case(clip: Any, adapter: Any, bank: Any, logit_scale: float, pixels:
 def calibration_folder_for(*, int8: bool, openvino: bool, calibration: str | Path | None,
                            checkpoint: str | Path, executorch: bool = False) -> Path | None:
     """The folder the export calibrates with, checked before any model is loaded: ``--calibration`` or the
-    checkpoint's training images. Needed for OpenVINO int8 and ExecuTorch int8 (one ExportError line without
-    it: neither has a dynamic int8 to fall back on); for ONNX
+    checkpoint's training images. Needed for OpenVINO int8 (one ExportError line without it: it has no
+    dynamic int8 to fall back on) and ExecuTorch int8 (its program's activations are dynamic, but it is only
+    written once held-out real images have validated it); for ONNX
     Runtime alone it adds the static Q/DQ graph when images are there and otherwise leaves the dynamic int8
     graph on its own. ``--calibration`` without ``--int8`` is refused (it would do nothing)."""
     if openvino:

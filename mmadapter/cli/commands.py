@@ -255,8 +255,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ort-mobile", action="store_true", help="also write each ONNX Runtime graph in its mobile .ort "
                    "format and the reduced-operator config for a minimal ONNX Runtime build (validated)")
     p.add_argument("--executorch", action="store_true", help="also write ExecuTorch .pte programs lowered to "
-                   "XNNPACK (fp32; with --int8 also the int8 image classifier, calibrated on --calibration's real "
-                   "images; validated with ExecuTorch's runtime; needs mmadapter[mobile])")
+                   "XNNPACK (fp32; with --int8 also the int8 image classifier, dynamic int8 activations, held to "
+                   "int8's rules on --calibration's held-out real images; validated with ExecuTorch's runtime; "
+                   "needs mmadapter[mobile])")
     p.add_argument("--calibration", type=Path, default=None, help="folder of real images to calibrate int8 with "
                    "(default: the checkpoint's training images when reachable)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,

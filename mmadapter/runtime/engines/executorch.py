@@ -10,6 +10,12 @@ of the runtime; on a phone the same program runs in ExecuTorch's C++ runtime, wh
 A ``.pte`` knows its inputs by position only; the sidecar ``<program>.pte.json`` written beside it by the
 export names them, and gives the bound of each dynamic axis. Batches larger than the program's bound are
 run in pieces and joined here.
+
+Threads: XNNPACK runs on ExecuTorch's one thread pool, which is process-wide (every program open in the
+process shares it). ``threads`` resets that pool when a program is opened (``_unsafe_reset_threadpool``:
+"unsafe" because it must not happen while another program is running, which a session opening never
+overlaps here); None leaves it at ExecuTorch's default (the CPU's performance cores). ``describe()`` reads
+the pool's size back, so it says what runs now, whoever set it last.
 """
 
 from __future__ import annotations
@@ -35,6 +41,23 @@ def executorch_unavailable_reason() -> str | None:
     return None if importlib.util.find_spec("executorch") is not None else MISSING
 
 
+def thread_pool_size() -> int:
+    """The threads of ExecuTorch's process-wide thread pool, which XNNPACK's kernels run on."""
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count
+
+    return int(_threadpool_get_thread_count())
+
+
+def set_thread_pool_size(threads: int) -> None:
+    """Resize ExecuTorch's process-wide thread pool (every open program uses the new size); one ExportError
+    line for a count that is not a positive integer."""
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ExportError(f"threads must be a positive integer, got {threads!r}")
+    _unsafe_reset_threadpool(threads)
+
+
 class PteProgram:
     """One ``.pte`` program's ``forward`` method, run by tensor name."""
 
@@ -54,11 +77,14 @@ class PteProgram:
         try:
             from executorch.runtime import Runtime
 
+            if threads is not None:
+                set_thread_pool_size(threads)
             self.method = Runtime.get().load_program(self.path).load_method("forward")
+        except ExportError:
+            raise
         except Exception as exc:  # noqa: BLE001 - ExecuTorch raises RuntimeError and others: all "cannot load"
             raise ExportError(f"ExecuTorch cannot load {self.path.name}: {first_line(exc)}") from None
         self.providers = ["ExecuTorch:XNNPACK"]
-        self._threads = threads  # XNNPACK's thread pool is process-wide in ExecuTorch's Python runtime
 
     def get_inputs(self) -> list[Port]:
         return self.inputs
@@ -67,7 +93,8 @@ class PteProgram:
         return self.outputs
 
     def describe(self) -> str:
-        return f"ExecuTorch:XNNPACK (program precision {self.precision})"
+        threads = thread_pool_size()
+        return f"ExecuTorch:XNNPACK (program precision {self.precision}, {threads} thread{'s' * (threads != 1)})"
 
     def _batched(self) -> tuple[list[str], int]:
         """The inputs led by a request batch axis (not the class axis: a class bank goes whole to every
