@@ -174,6 +174,7 @@ def export_checkpoint(
     bf16: bool = False,
     ort_mobile: bool = False,
     executorch: bool = False,
+    executorch_int8: str = "dynamic",
     calibration: str | Path | None = None,
     opset: int = onnx_io.DEFAULT_OPSET,
     validate: bool = True,
@@ -193,8 +194,10 @@ def export_checkpoint(
     profile = check_export_arguments(opset=opset, profile=profile, max_classes=max_classes, providers=providers,
                                      serving_graphs=serving_graphs, tensorrt=tensorrt)
     if executorch:  # before anything is loaded: the extra is missing, one line
-        from mmadapter.export.executorch import require_executorch
+        from mmadapter.export.executorch import INT8_SCHEMES, require_executorch
 
+        if executorch_int8 not in INT8_SCHEMES:
+            raise ExportError(f"--executorch-int8 is {' or '.join(INT8_SCHEMES)}, not {executorch_int8!r}")
         require_executorch()
     checkpoint = Path(checkpoint)
     if bf16 and not openvino:
@@ -222,7 +225,8 @@ def export_checkpoint(
                         checkpoint, temps[0], temps[1] if serving_repo is not None else None, bar,
                         export_path=os.path.relpath(dests[0].path, dests[-1].path), serving_graphs=serving_graphs,
                         fp16=fp16,
-                        int8=int8, openvino=openvino, bf16=bf16, ort_mobile=ort_mobile, executorch=executorch,
+                        int8=int8, openvino=openvino, bf16=bf16, ort_mobile=ort_mobile,
+                        executorch=executorch_int8 if executorch else None,
                         calibration=calibration, opset=opset, validate=validate, tensorrt=tensorrt,
                         profile=profile, max_classes=max_classes, providers=providers)
                 except OSError as exc:
@@ -238,13 +242,13 @@ def export_checkpoint(
 
 def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, export_path: str, serving_graphs: str,
             fp16: bool, int8: bool,
-            openvino: bool, bf16: bool, ort_mobile: bool, executorch: bool, calibration: Path | None,
+            openvino: bool, bf16: bool, ort_mobile: bool, executorch: str | None, calibration: Path | None,
             opset: int,
             validate: bool, tensorrt: bool, profile: BatchProfile, max_classes: int,
             providers: Sequence[str] | None) -> tuple[Manifest, list[dict[str, Any]], str | None]:
     """Every file of the export into ``tmp`` (and the repository into ``repo_tmp``, its pipeline model
     naming the export by ``export_path``, relative to the repository's destination, and calling the
-    ``serving_graphs`` models)."""
+    ``serving_graphs`` models). ``executorch``: None, or the int8 scheme of the ExecuTorch programs."""
     from mmadapter.export.calibration import load_calibration
     from mmadapter.export.specs import build_specs
     from mmadapter.export.tokenizer import write_tokenizer
@@ -276,13 +280,14 @@ def _export(checkpoint: Path, tmp: Path, repo_tmp: Path | None, bar: Any, *, exp
         from mmadapter.export.executorch import write_programs
 
         bar.set_postfix_str("executorch")
-        graphs = write_programs(specs, tmp, graphs, max_classes, int8)
+        graphs = write_programs(specs, tmp, graphs, max_classes, int8, calibration if executorch == "static" else None)
     reports: list[dict[str, Any]] = []
     open_reports: list[dict[str, Any]] = []
     if validate:
         bar.set_postfix_str("validate")
         reports, open_reports = _validate(specs, graphs, tmp, tokenizer_fields, clip, adapter, bank, meta,
-                                          providers, calibration, bf16_record is not None and bf16_record.measured)
+                                          providers, calibration, bf16_record is not None and bf16_record.measured,
+                                          static_programs=int8 and executorch == "static")
         interrupts.check()
         bar.update()
     tensorrt_error = tensorrt_section = None
@@ -376,13 +381,15 @@ def _bf16_record() -> Bf16:
     return Bf16(measured=native_bf16(), cpu=" ".join(optimization_capabilities()))
 
 
-def _validate(specs, graphs, tmp, tokenizer_fields, clip, adapter, bank, meta, providers, calibration, bf16):
+def _validate(specs, graphs, tmp, tokenizer_fields, clip, adapter, bank, meta, providers, calibration, bf16,
+              static_programs=False):
     """Every file against torch (the fp32 IR in bf16 too, with ``bf16``) and the open-vocabulary path end to
-    end; one ExportError naming the failures if any graph fails."""
+    end; one ExportError naming the failures if any graph fails. ``static_programs``: the int8 ExecuTorch
+    program was calibrated, and is validated as the other calibrated files are."""
     from mmadapter.export.validate import build_cases, validate_graph
 
     reports = _validate_all(specs, graphs, tmp, clip, adapter, bank, meta, providers, build_cases,
-                            validate_graph, calibration, bf16)
+                            validate_graph, calibration, bf16, static_programs)
     open_reports = _validate_open_vocabulary(graphs, tmp, tokenizer_fields, clip, adapter, meta, providers)
     failures = [f for r in reports + open_reports for f in r["failures"]]
     if failures:
@@ -405,7 +412,7 @@ def _opener(kind: str, precision: str, providers: list[str]) -> Callable[[Path],
 
 
 def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, build_cases, validate_graph,
-                  calibration=None, bf16=False):
+                  calibration=None, bf16=False, static_programs=False):
     from mmadapter.export.calibration import holdout_case, validate_static
     from mmadapter.runtime.engines.onnxruntime import resolve_providers
 
@@ -418,9 +425,11 @@ def _validate_all(specs, graphs, folder, clip, adapter, bank, meta, providers, b
         for precision, files in graphs[spec.name].files.items():
             for kind, name in files.items():
                 factory = _opener(kind, precision, chosen)
-                # Calibrated files (Q/DQ ONNX, OpenVINO IR): see validate_static. The dynamic int8 ones (ONNX
-                # Runtime's graph and its .ort, the ExecuTorch program) are held to every rule everywhere.
-                if precision == "int8" and kind not in ("ort", "ort_mobile", "executorch") and held_out:
+                # Calibrated files (Q/DQ ONNX, OpenVINO IR, a static ExecuTorch program): see validate_static.
+                # The dynamic int8 ones (ONNX Runtime's graph and its .ort, the default ExecuTorch program) are
+                # held to every rule everywhere.
+                dynamic = ("ort", "ort_mobile") + (() if static_programs else ("executorch",))
+                if precision == "int8" and kind not in dynamic and held_out:
                     report = validate_static(validate_graph, folder / name, spec, cases[spec.name], held_out[0],
                                              factory)
                 else:

@@ -116,7 +116,7 @@ def test_int8_program_is_dynamic_and_held_to_int8_rules_on_held_out_images(ort_m
     its sidecar), validated by ExecuTorch's runtime at every int8 rule (cosine >= 0.999, top-1) on the
     synthetic images and on the held-out digits, as the dynamic ONNX graph is; the held-out batch is the
     last one validated."""
-    from mmadapter.export.executorch import INT8_SCHEME
+    from mmadapter.export.executorch import DYNAMIC, INT8_SCHEMES
     from mmadapter.export.validate import COSINE_MIN
 
     folder, manifest = ort_mobile_export.out_dir, read_manifest(ort_mobile_export.out_dir)
@@ -130,8 +130,52 @@ def test_int8_program_is_dynamic_and_held_to_int8_rules_on_held_out_images(ort_m
     fp32 = (folder / "image_classifier.pte").stat().st_size
     assert (folder / "image_classifier.int8.pte").stat().st_size < fp32  # its linears hold int8 weights
     side = json.loads((folder / "image_classifier.int8.pte.json").read_text())
-    assert side["precision"] == "int8" and side["int8_scheme"] == INT8_SCHEME
+    assert side["precision"] == "int8" and side["int8_scheme"] == INT8_SCHEMES[DYNAMIC]
     assert "dynamic" in side["int8_scheme"]["activations"]
+
+
+@needs_executorch
+def test_static_int8_program_is_calibrated_on_real_images_and_validated_as_calibrated(ort_mobile_export,
+                                                                                     tmp_path):
+    """--executorch-int8 static: activation ranges observed on the real calibration images (the sidecar says
+    so), validated like the calibrated ONNX graph (every int8 rule on the held-out digits; report marked
+    calibrated), and a different program from the dynamic one: on the same pixels their logits differ, while
+    both stay within int8's cosine (0.999, tests' literal) of the fp32 program."""
+    from mmadapter.data.digits import write_digits_folder
+    from mmadapter.export.executorch import INT8_SCHEMES, STATIC
+    from mmadapter.export.pipeline import export_checkpoint
+
+    ckpt, *_ = make_checkpoint(tmp_path)
+    result = export_checkpoint(ckpt, tmp_path / "out", int8=True, executorch=True, executorch_int8="static",
+                               calibration=write_digits_folder(tmp_path / "digits", per_class=4), max_classes=64,
+                               progress=False)
+    (report,) = [r for r in result.validation if r["file"] == "image_classifier.int8.pte"]
+    assert report["passed"] and report["calibrated"] is True, report["failures"]
+    side = json.loads((result.out_dir / "image_classifier.int8.pte.json").read_text())
+    assert side["int8_scheme"] == INT8_SCHEMES[STATIC] and "calibration images" in side["int8_scheme"]["activations"]
+    logits, pixels = {}, None
+    for name, folder in (("static", result.out_dir), ("dynamic", ort_mobile_export.out_dir),
+                         ("fp32", result.out_dir)):
+        program = folder / ("image_classifier.pte" if name == "fp32" else "image_classifier.int8.pte")
+        session = open_session(program, engine="executorch", precision="fp32" if name == "fp32" else "int8")
+        feed = session.get_inputs()[0]
+        if pixels is None:
+            pixels = np.random.default_rng(0).normal(size=(2, *feed.shape[1:])).astype(np.float32)
+        logits[name] = session.run(None, {feed.name: pixels})[0]
+    assert not np.allclose(logits["static"], logits["dynamic"], atol=1e-6)
+    for name in ("static", "dynamic"):
+        a, b = logits[name].ravel(), logits["fp32"].ravel()
+        assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) >= 0.999, name
+
+
+def test_executorch_int8_scheme_needs_executorch_and_int8(tmp_path, capsys):
+    from mmadapter.cli import main
+
+    code = main(["export", "--checkpoint", str(tmp_path / "x.safetensors"), "--out", str(tmp_path / "out"),
+                 "--executorch", "--executorch-int8", "static"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "add --executorch --int8" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_plain_attention_matches_torchs_attention():

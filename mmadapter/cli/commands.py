@@ -258,6 +258,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    "XNNPACK (fp32; with --int8 also the int8 image classifier, dynamic int8 activations, held to "
                    "int8's rules on --calibration's held-out real images; validated with ExecuTorch's runtime; "
                    "needs mmadapter[mobile])")
+    p.add_argument("--executorch-int8", choices=("dynamic", "static"), default=None,
+                   help="with --executorch --int8: the int8 program's activations, dynamic (default: ranges computed "
+                   "per inference, fastest on XNNPACK) or static (ranges calibrated on the real calibration images: "
+                   "the fully integer program NPU delegates expect)")
     p.add_argument("--calibration", type=Path, default=None, help="folder of real images to calibrate int8 with "
                    "(default: the checkpoint's training images when reachable)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
@@ -291,6 +295,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from mmadapter.export.tensorrt import BatchProfile
 
     # Everything that needs no model, before the checkpoint is loaded: the values, then the folders.
+    if args.executorch_int8 is not None and not (args.executorch and args.int8):
+        raise UsageError("--executorch-int8 chooses the int8 ExecuTorch program's scheme: add --executorch --int8")
     if args.serving_graphs is not None and args.serving_repo is None:
         raise UsageError("--serving-graphs chooses what the --serving-repo pipeline calls: add --serving-repo")
     args.serving_graphs = args.serving_graphs or "onnxruntime"
@@ -306,7 +312,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         ort_web_files(args.ort_web)
     result = export_checkpoint(
         args.checkpoint, args.out, fp16=args.fp16, int8=args.int8, openvino=args.openvino, bf16=args.bf16,
-        ort_mobile=args.ort_mobile, executorch=args.executorch,
+        ort_mobile=args.ort_mobile, executorch=args.executorch, executorch_int8=args.executorch_int8 or "dynamic",
         calibration=args.calibration, opset=args.opset, validate=args.validate,
         overwrite=args.overwrite, tensorrt=args.tensorrt, profile=profile, max_classes=args.max_classes,
         serving_repo=args.serving_repo, serving_graphs=args.serving_graphs, providers=args.providers,
