@@ -1,21 +1,21 @@
-"""Phones, measured on this CPU: ExecuTorch XNNPACK programs (fp32 and PT2E int8) of the image classifier
-beside ONNX Runtime's and OpenVINO's int8 files, in one run: batch-1 latency, file sizes and agreement with
-torch. CSV: benchmarks/results/mobile_cpu.csv.
+"""Phones, measured on this CPU: ExecuTorch XNNPACK programs (fp32 and PT2E int8) of the image classifier beside
+ONNX Runtime's and OpenVINO's int8 files, in one run: batch-1 latency, file sizes and agreement with torch. CSV:
+benchmarks/results/mobile_cpu.csv.
 
 The model is bench_export's (ViT-B-16 random weights + adapter with a 1,000-class bank). The calibrated int8
 files (ONNX Q/DQ and the OpenVINO IR converted from it) are calibrated on real images, the project's digits
-(``mmadapter.data.digits``), preprocessed as served; the int8 ExecuTorch program has dynamic int8 activations
-and needs none. Timing and the check against torch use other digits. XNNPACK runs here with its x86 kernels:
-phone latency is not measured by this.
+(``mmadapter.data.digits``), preprocessed as served, and so is ``--executorch-int8 static``'s program; the
+default int8 ExecuTorch program has dynamic int8 activations and needs none. Timing and the check against torch
+use other digits. XNNPACK runs here with its x86 kernels: phone latency is not measured by this.
 
 Rows: ``torch_eager``; ``ort_int8`` (``export --int8``'s dynamic int8 graph), ``ort_int8_static`` (the
-calibrated Q/DQ graph); ``ov_fp32`` and ``ov_int8`` (``export --openvino [--int8]``'s IR of the portable and
-of the Q/DQ graph, OpenVINO's CPU plugin; left out with a message when OpenVINO is not installed);
-``et_fp32`` and ``et_int8`` (``export --executorch [--int8]``'s programs, run by ExecuTorch's Python
-runtime). Every engine gets the same thread count (the CPUs this process may use). Each row has its file size
-(an IR counts its ``.bin``), its ratio to the Q/DQ int8 ONNX graph's size, and its batch-1 median relative to
-the fastest int8 path of the run, whichever engine that is (the targets: int8 ``.pte`` <= 1.1x the int8 ONNX
-size; latency within 1.5x of the fastest int8 path).
+calibrated Q/DQ graph); ``ov_fp32`` and ``ov_int8`` (``export --openvino [--int8]``'s IR of the portable and of
+the Q/DQ graph, OpenVINO's CPU plugin; left out with a message when OpenVINO is not installed); ``et_fp32``,
+``et_int8`` and ``et_int8_static`` (``export --executorch [--int8 [--executorch-int8 static]]``'s programs, run
+by ExecuTorch's Python runtime). Every engine gets the same thread count (the CPUs this process may use). Each
+row has its file size (an IR counts its ``.bin``), its ratio to the Q/DQ int8 ONNX graph's size, and its batch-1
+median relative to the fastest int8 path of the run, whichever engine that is (the targets: int8 ``.pte`` <=
+1.1x the int8 ONNX size; latency within 1.5x of the fastest int8 path).
 """
 
 from __future__ import annotations
@@ -77,10 +77,14 @@ def build_files(tmp: Path, spec, calib: np.ndarray) -> dict[str, tuple[Path, str
         built.update({k: (path, precision, time.perf_counter() - t0) for k, (path, precision) in ir.items()})
     except (ImportError, ExportError) as exc:  # OpenVINO missing: the run goes on without its rows
         print(f"OpenVINO rows skipped: {first_line(exc)}", file=sys.stderr)
-    for name, precision in (("et_fp32", "fp32"), ("et_int8", "int8")):
+    # The default int8 program (dynamic activations) and --executorch-int8 static's (calibrated on ``calib``),
+    # each in a folder of its own: both are named image_classifier.int8.pte.
+    for name, precision, images in (("et_fp32", "fp32", None), ("et_int8", "int8", None),
+                                    ("et_int8_static", "int8", calib)):
         t0 = time.perf_counter()
-        pte, _ = write_program(spec, tmp, precision, 1)  # the classifier's only axis: batch
-        built[name] = (tmp / pte, precision, time.perf_counter() - t0)
+        (tmp / name).mkdir()
+        pte, _ = write_program(spec, tmp / name, precision, 1, images)  # the classifier's only axis: batch
+        built[name] = (tmp / name / pte, precision, time.perf_counter() - t0)
         print(f"{name}: lowered in {built[name][2]:.0f} s", file=sys.stderr)
     return built
 
