@@ -397,6 +397,29 @@ def test_serve_refuses_a_port_in_use(exported: ExportBundle, tmp_path: Path, cap
     assert not (tmp_path / "r").exists()
 
 
+def test_a_port_in_time_wait_after_a_stop_is_free_again() -> None:
+    """A server stopped a moment ago leaves the connections it closed in TIME_WAIT on its port for a minute;
+    restarting ``serve`` right after Ctrl-C must not read that as "in use", while a listener still is."""
+    from mmadapter.server.launch import check_port
+    from mmadapter.server.repository import ServeError
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tritonserver's front ends bind
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    with pytest.raises(ServeError, match="is in use"):
+        check_port("127.0.0.1", port, "--http-port")
+    accepted.close()  # the server's side closes first: its end of the connection goes to TIME_WAIT
+    client.close()
+    listener.close()
+    with socket.socket() as plain, pytest.raises(OSError):  # the lingering state this is about
+        plain.bind(("127.0.0.1", port))
+    check_port("127.0.0.1", port, "--http-port")  # free: nothing listens
+
+
 def test_serve_refuses_a_missing_or_invalid_export(tmp_path: Path, capsys) -> None:
     assert main(["serve", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err

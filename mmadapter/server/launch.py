@@ -80,7 +80,11 @@ def check_export(export_dir: Path, precision: str) -> None:
 
 
 def check_port(host: str, port: int, what: str) -> None:
+    """A ServeError when something listens on ``port``. SO_REUSEADDR, as servers bind: the connections of a
+    server stopped a moment ago linger in TIME_WAIT for a minute and would otherwise read as "in use"
+    (restarting `serve` right after Ctrl-C), while a socket that listens still refuses the bind."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:
