@@ -364,6 +364,14 @@ class _Checker:
             return None
         return value
 
+    def object(self, data: Any, allowed: tuple[str, ...] | type, where: str) -> bool:
+        """Whether ``data`` is a JSON object; its unknown fields are refused (:meth:`unknown`)."""
+        if not isinstance(data, dict):
+            self.fail(where, f"expected an object, got {_type_name(data)}")
+            return False
+        self.unknown(data, allowed, where)
+        return True
+
     def unknown(self, data: Any, allowed: Callable[[str], bool] | tuple[str, ...] | type, where: str) -> None:
         """Keys no field reads: refused, so that nothing in the file is silently ignored (a typed
         reader that dropped a field would serve less than the export said)."""
@@ -458,10 +466,8 @@ def _parse_tensors(c: _Checker, value: Any, where: str) -> tuple[TensorSpec, ...
     good = []
     for i, t in enumerate(value):
         at = f"{where}[{i}]"
-        if not isinstance(t, dict):
-            c.fail(at, f"expected an object, got {_type_name(t)}")
+        if not c.object(t, TensorSpec, at):
             continue
-        c.unknown(t, TensorSpec, at)
         name = c.get(t, "name", at, str)
         dtype = c.get(t, "dtype", at, str)
         shape = c.get(t, "shape", at, list)
@@ -515,10 +521,8 @@ def _parse_graph_files(c: _Checker, entry: Any, where: str, files: Mapping[str, 
 
 def _parse_graph(c: _Checker, name: str, entry: Any, files: Mapping[str, Any]) -> GraphEntry | None:
     where = f"graphs.{name}"
-    if not isinstance(entry, dict):
-        c.fail(where, f"expected an object, got {_type_name(entry)}")
+    if not c.object(entry, GraphEntry, where):
         return None
-    c.unknown(entry, GraphEntry, where)
     description = c.get(entry, "description", where, str, required=False)
     batchable = c.get(entry, "batchable", where, bool)
     io = c.get(entry, "io", where, dict)
@@ -635,10 +639,8 @@ def _parse_preprocessing(c: _Checker, data: Any) -> tuple[Preprocessing | None, 
 def _parse_tokenizer(c: _Checker, data: Any, files: Mapping[str, Any] | None) -> Tokenizer | None:
     """The torch-free tokenizer's file is one of the export's hashed files (``files``; None: not
     checked), its special ids are ids."""
-    if not isinstance(data, dict):
-        c.fail("tokenizer", f"expected an object, got {_type_name(data)}")
+    if not c.object(data, Tokenizer, "tokenizer"):
         return None
-    c.unknown(data, Tokenizer, "tokenizer")
     file = c.get(data, "file", "tokenizer", str)
     if file is not None and files is not None and (not plain_file_name(file) or file not in files):
         c.fail("tokenizer.file", f"{file!r} is not listed under files")
@@ -666,10 +668,8 @@ def _parse_files(c: _Checker, data: Any) -> dict[str, FileEntry] | None:
         if not plain_file_name(name):
             c.fail("files", f"{name!r} is not a plain file name")
             continue
-        if not isinstance(entry, dict):
-            c.fail(where, f"expected an object, got {_type_name(entry)}")
+        if not c.object(entry, FileEntry, where):
             continue
-        c.unknown(entry, FileEntry, where)
         sha = c.hex64(entry, "sha256", where)
         size = c.count(entry, "bytes", where)
         if sha is not None and size is not None:
@@ -724,10 +724,8 @@ def _parse_tensorrt(c: _Checker, data: Any, files: Mapping[str, Any]) -> TensorR
     engines = {}
     for graph, engine in (c.get(section, "engines", "tensorrt", dict) or {}).items():
         where = f"tensorrt.engines.{graph}"
-        if not isinstance(engine, dict):
-            c.fail(where, f"expected an object, got {_type_name(engine)}")
+        if not c.object(engine, Engine, where):
             continue
-        c.unknown(engine, Engine, where)
         file = c.get(engine, "file", where, str)
         if file is not None and (not plain_file_name(file) or file not in files):
             c.fail(f"{where}.file", f"{file!r} is not listed under files")
