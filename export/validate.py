@@ -26,6 +26,7 @@ from mmadapter.export.specs import EXPORT_BATCH, Case, GraphSpec, Reference
 from mmadapter.files import first_line
 from mmadapter.model.adapter import ClassBank, MultiModalAdapter
 from mmadapter.model.backbone import FrozenClip, format_prompt
+from mmadapter.runtime.engines import PORT_TYPES
 from mmadapter.runtime.graphs import (
     CLIP_IMAGE_EMBEDDING,
     IMAGE_CLASSIFIER,
@@ -195,15 +196,14 @@ def validate_graph(
         fail(f"{path.name}: cannot be loaded ({first_line(exc)})")  # the message names the engine
         return report
     # 1. Interface: names, dtypes, declared shapes.
-    ort_dtype = {"float32": "tensor(float)", "int64": "tensor(int64)", "float16": "tensor(float16)"}
     for kind, declared, actual in (("input", spec.inputs, sess.get_inputs()), ("output", spec.outputs,
                                                                                  sess.get_outputs())):
         if [t.name for t in declared] != [a.name for a in actual]:
             fail(f"{path.name}: {kind} names {[a.name for a in actual]} != {[t.name for t in declared]}")
             continue
         for t, a in zip(declared, actual):
-            if a.type != ort_dtype[t.dtype]:
-                fail(f"{path.name}: {kind} {t.name} has type {a.type}, expected {ort_dtype[t.dtype]}")
+            if a.type != PORT_TYPES[t.dtype]:
+                fail(f"{path.name}: {kind} {t.name} has type {a.type}, expected {PORT_TYPES[t.dtype]}")
             if not _shape_matches(a.shape, t.shape):
                 fail(f"{path.name}: {kind} {t.name} has shape {a.shape}, expected {list(t.shape)}")
     if report.failures:

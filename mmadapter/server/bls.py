@@ -19,7 +19,7 @@ import numpy as np
 
 from mmadapter.errors import ExportError
 from mmadapter.files import first_line
-from mmadapter.runtime.engines import Port
+from mmadapter.runtime.engines import PORT_TYPES, Port
 from mmadapter.runtime.manifest import GraphEntry, Manifest
 
 # How the pipeline runs the export's graphs (its config's ``graphs`` parameter).
@@ -28,9 +28,6 @@ ONNXRUNTIME = "onnxruntime"  # the repository's onnxruntime_onnx model of each g
 TENSORRT = "tensorrt"  # the repository's <graph>_trt model where the export built an engine, else ONNXRUNTIME's
 GRAPH_MODES = (IN_PROCESS, ONNXRUNTIME, TENSORRT)
 TRT_SUFFIX = "_trt"  # the name of a graph's tensorrt_plan model: <graph>_trt (export.inference_server)
-# The manifest's dtypes as the engine contract's ports name them (runtime.engines.NUMPY_DTYPES' keys).
-PORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int64": "tensor(int64)",
-              "int32": "tensor(int32)"}
 
 
 def check_mode(mode: str) -> str:

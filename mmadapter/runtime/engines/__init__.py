@@ -30,6 +30,8 @@ PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "openvino": ("fp32", "int
 # Tensor element types as ONNX Runtime names them, the vocabulary of ``Port.type``.
 NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
                 "tensor(int32)": np.int32, "tensor(double)": np.float64}
+# The same types by the names the manifest and the graph specs give them ("float32", ...).
+PORT_TYPES = {np.dtype(numpy_type).name: port_type for port_type, numpy_type in NUMPY_DTYPES.items()}
 
 
 @dataclass(frozen=True)

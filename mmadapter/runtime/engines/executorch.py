@@ -28,11 +28,10 @@ import numpy as np
 
 from mmadapter.errors import DataError, ExportError
 from mmadapter.files import first_line
-from mmadapter.runtime.engines import Port
+from mmadapter.runtime.engines import NUMPY_DTYPES, PORT_TYPES, Port
 from mmadapter.runtime.graphs import BATCH_AXES
 
 MISSING = "--engine executorch needs ExecuTorch: pip install 'mmadapter[mobile]'"
-_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "float16": "tensor(float16)", "int32": "tensor(int32)"}
 
 
 def executorch_unavailable_reason() -> str | None:
@@ -68,8 +67,8 @@ class PteProgram:
             raise ExportError(reason)
         try:
             io = json.loads(self.path.with_name(self.path.name + ".json").read_text())
-            self.inputs = [Port(t["name"], _TYPES[t["dtype"]], list(t["shape"])) for t in io["inputs"]]
-            self.outputs = [Port(t["name"], _TYPES[t["dtype"]], list(t["shape"])) for t in io["outputs"]]
+            self.inputs = [Port(t["name"], PORT_TYPES[t["dtype"]], list(t["shape"])) for t in io["inputs"]]
+            self.outputs = [Port(t["name"], PORT_TYPES[t["dtype"]], list(t["shape"])) for t in io["outputs"]]
             self.bounds: dict[str, int] = {str(k): int(v) for k, v in io["max"].items()}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ExportError(f"{self.path.name}: its sidecar {self.path.name}.json is missing or unreadable "
@@ -135,13 +134,10 @@ class PteProgram:
         # allows torch here, and only here.
         from torch import from_numpy
 
-        args = [from_numpy(np.ascontiguousarray(feeds[p.name], dtype=np.dtype(_numpy(p.type)))) for p in self.inputs]
+        args = [from_numpy(np.ascontiguousarray(feeds[p.name], dtype=NUMPY_DTYPES[p.type])) for p in self.inputs]
         try:
             outs = self.method.execute(args)
         except Exception as exc:  # noqa: BLE001 - a shape beyond the plan or a kernel failure: one line
             raise ExportError(f"ExecuTorch cannot run {self.path.name}: {first_line(exc)}") from None
         return [np.asarray(o.numpy(), dtype=np.float32) for o in outs]
 
-
-def _numpy(onnx_type: str) -> str:
-    return {v: k for k, v in _TYPES.items()}[onnx_type]
