@@ -420,6 +420,16 @@ def test_a_port_in_time_wait_after_a_stop_is_free_again() -> None:
     check_port("127.0.0.1", port, "--http-port")  # free: nothing listens
 
 
+def test_servers_sharing_a_repository_keep_their_own_logs(tmp_path: Path) -> None:
+    """Two servers over one repository (it is only read while they run) write their logs beside it, one per
+    HTTP port, so the second does not truncate the first's."""
+    from mmadapter.server.launch import default_log
+
+    first, second = default_log(tmp_path / "repo", 8000), default_log(tmp_path / "repo", 8010)
+    assert first != second and first.parent == second.parent == tmp_path
+    assert first.name == "repo.8000.log"
+
+
 def test_serve_refuses_a_missing_or_invalid_export(tmp_path: Path, capsys) -> None:
     assert main(["serve", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err

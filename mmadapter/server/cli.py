@@ -28,7 +28,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-repository", type=Path, default=None,
                    help="folder to write the model repository and backend into (default: one per export under "
                    "~/.cache/mmadapter/triton); reused when unchanged")
-    p.add_argument("--log-file", type=Path, default=None, help="tritonserver's log (default: beside the repository)")
+    p.add_argument("--log-file", type=Path, default=None,
+                   help="tritonserver's log (default: beside the repository, named by --http-port)")
     p.add_argument("--instance-count", type=positive_int, default=1, help="model instances (instance_group count)")
     p.add_argument("--max-batch-size", type=positive_int, default=32, help="images per merged batch")
     p.add_argument("--max-queue-delay-microseconds", type=int, default=2000,

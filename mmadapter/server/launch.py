@@ -99,6 +99,12 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def default_log(folder: Path, http_port: int) -> Path:
+    """Beside the repository, named by the HTTP port: servers may share one repository (it is only read
+    while they run), but never a port, so each keeps its own log instead of truncating another's."""
+    return folder.with_name(f"{folder.name}.{http_port}.log")
+
+
 def start(opts: ServeOptions, folder: Path, install: TritonInstall, log: Path) -> subprocess.Popen:
     joined = lambda *parts: os.pathsep.join(p for p in parts if p)
     env = {**os.environ, "LD_LIBRARY_PATH": joined(str(install.libs), os.environ.get("LD_LIBRARY_PATH", "")),
@@ -194,7 +200,7 @@ def serve(opts: ServeOptions, say: Callable[[str], None] = print) -> int:
     check_stub_numpy(python_path())
     folder = (opts.folder or default_folder(opts.export_dir)).resolve()
     prepare_folder(folder, opts.export_dir, opts.settings, install)
-    log = opts.log_file or folder.with_name(folder.name + ".log")
+    log = opts.log_file or default_log(folder, opts.http_port)
     proc = start(opts, folder, install, log)
     try:
         wait_ready(proc, opts, log)
